@@ -1,0 +1,28 @@
+"""minignn: a from-scratch, autograd-free deep-learning engine built around max-entropy pooling
+and Global Feature Guided Local Pooling (Kobayashi, ICCV 2019).
+
+Numba kernels are compiled once and cached on disk. The cache lives in ``$NUMBA_CACHE_DIR`` when
+set, else in a per-user folder (``~/.cache/minignn/numba``), so it works for read-only installs.
+Set ``NUMBA_DISABLE_JIT=1`` to run every kernel as plain Python (slow, but steppable in a debugger).
+"""
+import os as _os
+
+if "NUMBA_CACHE_DIR" not in _os.environ:
+    _os.environ["NUMBA_CACHE_DIR"] = _os.path.join(
+        _os.environ.get("XDG_CACHE_HOME", _os.path.join(_os.path.expanduser("~"), ".cache")), "minignn", "numba")
+
+from . import backend  # noqa: E402
+from .backend import get_array_module, gpu_available, to_device, to_numpy  # noqa: E402
+from .module import Module, Parameter, Sequential  # noqa: E402
+from .gradcheck import GradcheckError, check_gradients, gradcheck  # noqa: E402
+from .loss import SoftmaxCrossEntropy  # noqa: E402
+from .optim import SGD  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "backend", "get_array_module", "gpu_available", "to_device", "to_numpy",
+    "Module", "Parameter", "Sequential",
+    "GradcheckError", "check_gradients", "gradcheck",
+    "SoftmaxCrossEntropy", "SGD",
+]

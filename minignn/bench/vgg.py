@@ -1,0 +1,84 @@
+"""One VGG-11 CIFAR training step (batch 128, 32x32, BN, five 2x2 pools, widths
+64-128-256-256-512-512-512-512, global average pool, linear 10): forward, softmax cross-entropy,
+backward, SGD (momentum 0.9, Nesterov, weight decay 5e-4), with max pooling and with GFGP at all
+five pools; against PyTorch CPU eager for the same model and step, measured in the same run
+(PyTorch's GFGP is the straightforward composite: global average -> MLP -> sigmoid for lam,
+unfold + softmax for the pooling, autograd for the backward).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .harness import median_time, print_table, torch_or_none
+
+VGG11 = [64, "P", 128, "P", 256, 256, "P", 512, 512, "P", 512, 512, "P"]
+
+
+def _torch_vgg(torch, pool: str):
+    nn = torch.nn
+
+    class GFGPPool(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.mlp = nn.Sequential(nn.Linear(c, c // 2, bias=False), nn.ReLU(), nn.Linear(c // 2, c, bias=False))
+
+        def forward(self, x):
+            n, c, h, w = x.shape
+            lam = torch.sigmoid(self.mlp(x.mean(dim=(2, 3))))  # (N, C)
+            win = x.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
+            wts = torch.softmax(lam[:, :, None, None, None] * win, dim=-1)
+            return (wts * win).sum(-1)
+
+    layers, c = [], 3
+    for v in VGG11:
+        if v == "P":
+            layers.append(nn.MaxPool2d(2) if pool == "max" else GFGPPool(c))
+        else:
+            layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+            c = v
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)]
+    return nn.Sequential(*layers)
+
+
+def bench_vgg(repeats: int = 5, batch_size: int = 128):
+    from minignn import SGD, SoftmaxCrossEntropy
+    from minignn.models import build_model
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch_size, 3, 32, 32)).astype(np.float32)
+    labels = rng.integers(0, 10, batch_size)
+    torch = torch_or_none()
+    times = {}
+    for pool in ("max", "gfgp"):
+        model = build_model("vgg11", pool=pool)
+        opt = SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        ce = SoftmaxCrossEntropy()
+
+        def step():
+            opt.zero_grad()
+            ce.forward(model.forward(x), labels)
+            model.backward(ce.backward())
+            opt.step()
+
+        times[("minignn", pool)] = median_time(step, repeats=repeats, warmup=2)
+        if torch is not None:
+            tm = _torch_vgg(torch, pool)
+            topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+            tx, ty = torch.from_numpy(x), torch.from_numpy(labels)
+
+            def tstep():
+                topt.zero_grad()
+                torch.nn.functional.cross_entropy(tm(tx), ty).backward()
+                topt.step()
+
+            times[("torch", pool)] = median_time(tstep, repeats=repeats, warmup=2)
+    rows = []
+    for pool in ("max", "gfgp"):
+        ours, ref = times[("minignn", pool)], times.get(("torch", pool))
+        rows.append([f"VGG-11 step, {pool} pooling", ours * 1e3, None if ref is None else ref * 1e3,
+                     None if ref is None else ours / ref,
+                     ours / times[("minignn", "max")],
+                     None if ref is None else ref / times[("torch", "max")]])
+    return print_table(["batch %d, float32" % batch_size, "minignn ms", "torch ms", "x torch", "x own max",
+                        "torch x own max"], rows,
+                       title=f"VGG-11 CIFAR training step (median of {repeats})")

@@ -1,0 +1,62 @@
+"""Input validation shared by every layer: errors that name the argument, what was expected and
+what was given."""
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_array(x, name: str = "x", ndim: int | None = None, where: str = "", channels: int | None = None,
+                channel_axis: int = 1, dtype=None):
+    """Check that ``x`` is a float32/float64 array with ``ndim`` dims (and ``channels`` at
+    ``channel_axis``); return it unchanged.
+
+    ``where`` names the caller (``"Conv2d.forward"``) for the message.
+    """
+    pre = f"{where}: " if where else ""
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        raise TypeError(f"{pre}{name}: expected a numpy or cupy array, got {type(x).__name__}")
+    if np.dtype(x.dtype) not in FLOAT_DTYPES:
+        raise TypeError(f"{pre}{name}: expected dtype float32 or float64, got {x.dtype}"
+                        f" (convert with {name}.astype(np.float32))")
+    if dtype is not None and np.dtype(x.dtype) != np.dtype(dtype):
+        raise TypeError(f"{pre}{name}: expected dtype {np.dtype(dtype)} (the parameters' dtype), got {x.dtype};"
+                        f" convert the input or call module.to(dtype=...)")
+    if ndim is not None and x.ndim != ndim:
+        layout = {4: " (N, C, H, W)", 2: " (N, features)"}.get(ndim, "")
+        raise ValueError(f"{pre}{name}: expected a {ndim}-D array{layout}, got shape {tuple(x.shape)}")
+    if channels is not None and x.shape[channel_axis] != channels:
+        raise ValueError(f"{pre}{name}: expected {channels} channels at axis {channel_axis},"
+                         f" got {x.shape[channel_axis]} (shape {tuple(x.shape)})")
+    return x
+
+
+def check_grad_output(gy, shape, dtype=None, where: str = "", name: str = "gy"):
+    """Check that an upstream gradient matches the forward output's shape (and dtype)."""
+    pre = f"{where}: " if where else ""
+    if not hasattr(gy, "shape"):
+        raise TypeError(f"{pre}{name}: expected an array, got {type(gy).__name__}")
+    if tuple(gy.shape) != tuple(shape):
+        raise ValueError(f"{pre}{name}: expected shape {tuple(shape)} (the forward output's), got {tuple(gy.shape)}")
+    if np.dtype(gy.dtype) not in FLOAT_DTYPES:
+        raise TypeError(f"{pre}{name}: expected dtype float32 or float64, got {gy.dtype}")
+    if dtype is not None and np.dtype(gy.dtype) != np.dtype(dtype):
+        raise TypeError(f"{pre}{name}: expected dtype {np.dtype(dtype)} (the forward output's), got {gy.dtype}")
+    return gy
+
+
+def check_positive_int(v, name: str, where: str = "", minimum: int = 1) -> int:
+    pre = f"{where}: " if where else ""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+        raise ValueError(f"{pre}{name}: expected an integer >= {minimum}, got {v!r}")
+    return int(v)
+
+
+def check_probability(p, name: str, where: str = "", upper_open: bool = True) -> float:
+    pre = f"{where}: " if where else ""
+    ok = isinstance(p, (int, float, np.floating)) and 0.0 <= p and (p < 1.0 if upper_open else p <= 1.0)
+    if not ok:
+        rng = "[0, 1)" if upper_open else "[0, 1]"
+        raise ValueError(f"{pre}{name}: expected a number in {rng}, got {p!r}")
+    return float(p)

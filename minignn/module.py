@@ -1,0 +1,234 @@
+"""Module, Parameter and Sequential: the explicit, autograd-free layer API.
+
+A module's ``forward(x)`` computes ``y`` and caches what its backward needs; ``backward(gy)``
+returns ``gx`` and *adds* the parameter gradients into each ``Parameter.grad``. A module with
+children (a residual block, Sequential) writes its backward from its children's backwards.
+
+Attributes that are Modules or Parameters are registered automatically (as in PyTorch), in the
+order they are set; arrays registered with :meth:`Module.register_buffer` (batch-norm running
+statistics) travel in ``state_dict`` but are not trained.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator
+
+import numpy as np
+
+from . import backend
+
+
+class Parameter:
+    """A trainable array and its gradient (same shape, dtype and device)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = backend.get_array_module(data).zeros_like(data)
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def zero_grad(self):
+        self.grad[...] = 0
+
+    def __repr__(self):
+        return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype}, device={backend.device_of(self.data)})"
+
+
+class Module:
+    """Base class of every layer and model."""
+
+    def __init__(self):
+        object.__setattr__(self, "_params", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # --- registration -------------------------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_params" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}: call super().__init__() before setting attributes")
+        for d in (self._params, self._modules, self._buffers):
+            d.pop(name, None)
+        if isinstance(value, Parameter):
+            self._params[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        elif name in self.__dict__.get("_buffer_names", ()):
+            self._buffers[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name: str, value):
+        """A non-trained array saved in state_dict (e.g. batch-norm running statistics)."""
+        names = self.__dict__.setdefault("_buffer_names", set())
+        names.add(name)
+        setattr(self, name, value)
+
+    # --- the two passes -----------------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, gy):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def _saved_or_raise(self, saved):
+        """Return what forward cached, or raise the error for backward-before-forward."""
+        if saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward (nothing cached);"
+                               f" run forward(x) first")
+        return saved
+
+    # --- traversal ----------------------------------------------------------------------
+    def children(self) -> Iterator["Module"]:
+        return iter(self._modules.values())
+
+    def named_modules(self, prefix: str = ""):
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    def named_parameters(self, prefix: str = ""):
+        for name, p in self._params.items():
+            yield (f"{prefix}.{name}" if prefix else name), p
+        for name, m in self._modules.items():
+            yield from m.named_parameters(f"{prefix}.{name}" if prefix else name)
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix: str = ""):
+        for name, b in self._buffers.items():
+            yield (f"{prefix}.{name}" if prefix else name), b
+        for name, m in self._modules.items():
+            yield from m.named_buffers(f"{prefix}.{name}" if prefix else name)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.zero_grad()
+
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # --- state --------------------------------------------------------------------------
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Parameters and buffers by dotted name, as host (numpy) copies."""
+        out = OrderedDict()
+        for name, p in self.named_parameters():
+            out[name] = backend.to_numpy(p.data).copy()
+        for name, b in self.named_buffers():
+            out[name] = backend.to_numpy(b).copy()
+        return out
+
+    def load_state_dict(self, state, strict: bool = True):
+        """Copy arrays into parameters and buffers in place (keeping each one's device and dtype)."""
+        own = dict(self.named_parameters())
+        bufs = {}
+        for mod_name, m in self.named_modules():
+            for bname in m._buffers:
+                bufs[f"{mod_name}.{bname}" if mod_name else bname] = (m, bname)
+        expected = set(own) | set(bufs)
+        missing, unexpected = expected - set(state), set(state) - expected
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: missing keys {sorted(missing)}, unexpected keys {sorted(unexpected)}")
+        for name, value in state.items():
+            if name in own:
+                target = own[name].data
+            elif name in bufs:
+                m, bname = bufs[name]
+                target = getattr(m, bname)
+            else:
+                continue
+            if tuple(np.shape(value)) != tuple(target.shape):
+                raise ValueError(f"load_state_dict: {name}: expected shape {tuple(target.shape)}, got {tuple(np.shape(value))}")
+            xp = backend.get_array_module(target)
+            target[...] = xp.asarray(value, dtype=target.dtype)
+        return self
+
+    def to(self, device: str | None = None, dtype=None):
+        """Move (and/or cast) every parameter and buffer in place; gradients follow. Returns self."""
+        if device is not None:
+            backend.check_device(device)
+        if dtype is not None and np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise TypeError(f"Module.to: dtype: expected float32 or float64, got {np.dtype(dtype)}")
+
+        def conv(a):
+            if device is not None:
+                a = backend.to_device(a, device)
+            if dtype is not None and a.dtype != np.dtype(dtype) and a.dtype.kind == "f":
+                a = a.astype(dtype)
+            return a
+
+        for m in self.modules():
+            for p in m._params.values():
+                p.data = conv(p.data)
+                p.grad = backend.get_array_module(p.data).zeros_like(p.data)
+            for bname in list(m._buffers):
+                setattr(m, bname, conv(getattr(m, bname)))
+            m._moved(device, dtype)
+        return self
+
+    def _moved(self, device, dtype):
+        """Hook for modules that keep other arrays (caches, RNG state) to follow a move."""
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, m in self._modules.items():
+            sub = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        if len(lines) == 1:
+            return lines[0] + ")"
+        return "\n".join(lines) + "\n)"
+
+
+class Sequential(Module):
+    """Children applied in order; backward runs them in reverse."""
+
+    def __init__(self, *layers: Module):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: argument {i}: expected a Module, got {type(layer).__name__}")
+            setattr(self, str(i), layer)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, layer: Module):
+        setattr(self, str(len(self._modules)), layer)
+        return self
+
+    def forward(self, x):
+        for layer in self._modules.values():
+            x = layer.forward(x)
+        return x
+
+    def backward(self, gy):
+        for layer in reversed(self._modules.values()):
+            gy = layer.backward(gy)
+        return gy

@@ -1,0 +1,40 @@
+"""Shared test settings: Hypothesis profiles and the per-device parametrisation.
+
+Every op's tests run once per device. GPU runs are reported as *skipped with the reason* on a
+machine without a usable CUDA GPU, never silently absent.
+"""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+from minignn import backend
+
+# JIT compiles break per-example deadlines; "ci" keeps the suite well inside its time budget.
+settings.register_profile("ci", deadline=None, max_examples=25, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("dev", deadline=None, max_examples=60,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("thorough", deadline=None, max_examples=400,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+_GPU_SKIP = pytest.mark.skipif(not backend.gpu_available(),
+                               reason=f"no usable GPU: {backend.gpu_unavailable_reason() or 'n/a'}")
+
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("gpu", id="gpu", marks=[pytest.mark.gpu, _GPU_SKIP])]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """'cpu' or 'gpu' (the latter skipped with the reason when no GPU is usable)."""
+    return request.param
+
+
+@pytest.fixture
+def xp(device):
+    return backend.xp_for(device)
+
+
+gpu_only = _GPU_SKIP
