@@ -1,0 +1,431 @@
+"""Max-entropy pooling on the CPU: fused Numba kernels.
+
+``maxent_pool2d_fwd_cpu`` and ``maxent_pool2d_bwd_cpu`` serve every form of ``lam`` and
+``rho``: the wrapper in ``__init__`` hands them ``lam4`` of shape (Nl, Cl, Hl, Wl), each dimension
+either 1 or full (N, C, Ho, Wo), and ``rho3`` of shape (Nr, Cr, K), each of the first two 1 or
+full; a dimension of size 1 is read at index 0 (a broadcast without a copy, and one compiled
+kernel per dtype for all forms).
+
+Parallel over (n, c) planes (``prange`` over chunks of planes, each allocating its scratch once):
+a plane's iteration is the only writer of that plane's outputs, so the loop is race-free, and
+overlapping windows accumulate serially inside their plane.
+
+Inside a plane two window loops exist, chosen per call:
+
+* ``_plane_2x2``: the common 2x2 / stride 2 / no padding case, fused: per output row the four
+  window offsets are de-interleaved into contiguous scratch rows, then one loop over the row's
+  windows computes max, exps, sums and gradients. Measured (1 thread, 16x64x32x32 float32) at
+  ~1.1 ns/element forward and ~2 ns backward, against ~2 / ~3.5 ns for the generic loop.
+* ``_plane_generic``: any kernel, stride and padding. The plane's windows are laid out as (K, P)
+  scratch (K = kh*kw offsets, P = Ho*Wo windows; padded cells get z = -inf, so exp gives 0 and
+  they drop out of the softmax), and every pass runs over P contiguous values.
+
+Both keep every loop free of exceptions (``error_model="numpy"``: float division never raises)
+and of mixed precision, so LLVM vectorises them, the exponential included: :func:`fexp` is a
+range reduction + polynomial (below) for float32 and libm ``exp`` for float64 (used for exact
+gradient checks, where speed is not the aim). No fastmath: NaN and inf keep their meaning, and
+float reductions are not reordered (per-column accumulators stand in for vector reductions).
+
+The backward recomputes the softmax from x rather than saving it: the exps are cheap once
+vectorised, and then nothing but x has to be kept and re-read (the smallest memory traffic).
+With ``NUMBA_DISABLE_JIT=1`` all of this runs as plain Python with the same float32 arithmetic.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from minignn._numba import njit, pjit, prange
+
+_KW = dict(error_model="numpy")   # division by zero gives inf/nan instead of raising: no early exits
+
+# ---------------------------------------------------------------------------------------------
+# exp(v) for v <= 0 in float32, vectorisable.
+#
+# v is clamped at EXP_LO = -87.33 (exp(EXP_LO) ~ 1.2e-38, the smallest normal float32); below it
+# the result is exactly 0 (the true value is < 1.2e-38, so the absolute error is < 1.2e-38, and
+# -inf gives 0, never NaN). Range reduction v = n ln2 + r, n = round(v / ln2), |r| <= ln2/2, with
+# ln2 split in two (Cody-Waite: n * _LN2_HI is exact for |n| < 2^12) so r is accurate; exp(r) by
+# its Taylor polynomial to degree 7 (truncation error <= |r|^8/8! * e^|r| < 7.5e-9 relative), and
+# 2^n built from the exponent bits ((n + 127) * 2^23 read as a float32). Measured against float64
+# exp over [-87.33, 0]: relative error < 2e-7 (about 1.5 float32 ulps); see test_maxent.py.
+# Positive v are not its job (the kernels only exponentiate z - max z <= 0).
+# ---------------------------------------------------------------------------------------------
+_F = np.float32
+EXP_LO = _F(-87.33)
+_LOG2E = _F(1.4426950408889634)
+_HALF = _F(0.5)
+_LN2_HI = _F(0.693145751953125)        # 11 significant bits
+_LN2_LO = _F(1.4286068203094173e-06)   # ln 2 - _LN2_HI
+_C2 = _F(1.0 / 2)
+_C3 = _F(1.0 / 6)
+_C4 = _F(1.0 / 24)
+_C5 = _F(1.0 / 120)
+_C6 = _F(1.0 / 720)
+_C7 = _F(1.0 / 5040)
+_ONE = _F(1.0)
+_ZERO = _F(0.0)
+_BIAS = _F(127.0)
+_TWO23 = _F(8388608.0)                 # 2^23: (n + 127) * 2^23 are the bits of 2^n
+
+
+@njit(**_KW)
+def exp_nonpos_f32(v):
+    """exp(v) for a float32 v <= 0 (-inf gives 0); vectorisable when inlined in a loop."""
+    u = v if v > EXP_LO else EXP_LO
+    nf = np.floor(u * _LOG2E + _HALF)
+    r = (u - nf * _LN2_HI) - nf * _LN2_LO
+    p = _C7
+    p = p * r + _C6
+    p = p * r + _C5
+    p = p * r + _C4
+    p = p * r + _C3
+    p = p * r + _C2
+    p = p * r + _ONE
+    p = p * r + _ONE
+    scale = np.int32((nf + _BIAS) * _TWO23).view(np.float32)
+    return p * scale if v >= EXP_LO else _ZERO
+
+
+def fexp(v):
+    """exp(v) for v <= 0 in v's precision: the polynomial for float32, libm for float64.
+    (Plain-Python version, used with NUMBA_DISABLE_JIT=1; compiled code uses the overload.)"""
+    if isinstance(v, np.float32):
+        return exp_nonpos_f32(v)
+    return math.exp(v)
+
+
+@overload(fexp, inline="always")
+def _fexp_ov(v):
+    if v == types.float32:
+        return lambda v: exp_nonpos_f32(v)
+    return lambda v: math.exp(v)
+
+
+@njit(**_KW)
+def _fmax(a, b):
+    return a if a > b else b
+
+
+def planes_per_chunk(NC):
+    """Planes per prange iteration: about four iterations per thread (for balance), each
+    allocating its scratch once."""
+    return max(1, NC // (4 * numba.get_num_threads()))
+
+
+# ---------------------------------------------------------------------------------------------
+# The common case: 2x2 windows, stride 2, no padding (rho offsets ra rb / rc rd, row-major).
+# ---------------------------------------------------------------------------------------------
+@njit(**_KW)
+def _load_rows_2x2(x, n, c, ho, lam4, nl, cl, hl, wl, xa, xb, xc, xd, lrow):
+    """De-interleave the two input rows of output row ho into contiguous xa xb / xc xd, and lam
+    into lrow when lam varies per position (else lrow already holds the plane's lam)."""
+    Wo = xa.shape[0]
+    for wo in range(Wo):
+        xa[wo] = x[n, c, 2 * ho, 2 * wo]
+        xb[wo] = x[n, c, 2 * ho, 2 * wo + 1]
+        xc[wo] = x[n, c, 2 * ho + 1, 2 * wo]
+        xd[wo] = x[n, c, 2 * ho + 1, 2 * wo + 1]
+    if hl or wl:
+        for wo in range(Wo):
+            lrow[wo] = lam4[nl, cl, ho * hl, wo * wl]
+
+
+@njit(**_KW)
+def _fwd_plane_2x2(x, lam4, rho3, n, c, y, xa, xb, xc, xd, lrow):
+    nl = n if lam4.shape[0] > 1 else 0
+    cl = c if lam4.shape[1] > 1 else 0
+    hl = 1 if lam4.shape[2] > 1 else 0
+    wl = 1 if lam4.shape[3] > 1 else 0
+    nr = n if rho3.shape[0] > 1 else 0
+    cr = c if rho3.shape[1] > 1 else 0
+    ra, rb, rc, rd = rho3[nr, cr, 0], rho3[nr, cr, 1], rho3[nr, cr, 2], rho3[nr, cr, 3]
+    Ho, Wo = y.shape[2], y.shape[3]
+    lrow[:] = lam4[nl, cl, 0, 0]
+    for ho in range(Ho):
+        _load_rows_2x2(x, n, c, ho, lam4, nl, cl, hl, wl, xa, xb, xc, xd, lrow)
+        for wo in range(Wo):
+            a, b, cc, d, lam = xa[wo], xb[wo], xc[wo], xd[wo], lrow[wo]
+            za, zb, zc, zd = lam * a + ra, lam * b + rb, lam * cc + rc, lam * d + rd
+            m = _fmax(_fmax(za, zb), _fmax(zc, zd))     # each window's own max: no overflow
+            ea, eb, ec, ed = fexp(za - m), fexp(zb - m), fexp(zc - m), fexp(zd - m)
+            y[n, c, ho, wo] = (ea * a + eb * b + ec * cc + ed * d) / (ea + eb + ec + ed)
+
+
+@njit(**_KW)
+def _bwd_plane_2x2(x, lam4, rho3, gy, n, c, want_grho, gx, glam, grho, xa, xb, xc, xd, lrow,
+                   ga, gb, gc, gd, acc_l, acc_a, acc_b, acc_c, acc_d):
+    nl = n if lam4.shape[0] > 1 else 0
+    cl = c if lam4.shape[1] > 1 else 0
+    hl = 1 if lam4.shape[2] > 1 else 0
+    wl = 1 if lam4.shape[3] > 1 else 0
+    nr = n if rho3.shape[0] > 1 else 0
+    cr = c if rho3.shape[1] > 1 else 0
+    ra, rb, rc, rd = rho3[nr, cr, 0], rho3[nr, cr, 1], rho3[nr, cr, 2], rho3[nr, cr, 3]
+    Ho, Wo = gy.shape[2], gy.shape[3]
+    H, W = x.shape[2], x.shape[3]
+    lrow[:] = lam4[nl, cl, 0, 0]
+    acc_l[:] = 0
+    acc_a[:] = 0
+    acc_b[:] = 0
+    acc_c[:] = 0
+    acc_d[:] = 0
+    for ho in range(Ho):
+        _load_rows_2x2(x, n, c, ho, lam4, nl, cl, hl, wl, xa, xb, xc, xd, lrow)
+        for wo in range(Wo):
+            a, b, cc, d, lam = xa[wo], xb[wo], xc[wo], xd[wo], lrow[wo]
+            za, zb, zc, zd = lam * a + ra, lam * b + rb, lam * cc + rc, lam * d + rd
+            m = _fmax(_fmax(za, zb), _fmax(zc, zd))
+            ea, eb, ec, ed = fexp(za - m), fexp(zb - m), fexp(zc - m), fexp(zd - m)
+            inv = _ONE / (ea + eb + ec + ed)
+            yv = (ea * a + eb * b + ec * cc + ed * d) * inv
+            g = gy[n, c, ho, wo] * inv
+            ea, eb, ec, ed = ea * g, eb * g, ec * g, ed * g           # gy * W_q
+            da, db, dc, dd = a - yv, b - yv, cc - yv, d - yv           # X_q - Y (two-pass)
+            pa, pb, pc, pd = ea * da, eb * db, ec * dc, ed * dd        # gy W_q (X_q - Y): Eq. 10
+            ga[wo] = ea + lam * pa                                     # gy W_q (1 + lam (X_q - Y)): Eq. 8
+            gb[wo] = eb + lam * pb
+            gc[wo] = ec + lam * pc
+            gd[wo] = ed + lam * pd
+            acc_l[wo] += pa * da + pb * db + pc * dc + pd * dd         # Eq. 9, summed down the column
+            acc_a[wo] += pa
+            acc_b[wo] += pb
+            acc_c[wo] += pc
+            acc_d[wo] += pd
+        for wo in range(Wo):
+            gx[n, c, 2 * ho, 2 * wo] = ga[wo]
+            gx[n, c, 2 * ho, 2 * wo + 1] = gb[wo]
+            gx[n, c, 2 * ho + 1, 2 * wo] = gc[wo]
+            gx[n, c, 2 * ho + 1, 2 * wo + 1] = gd[wo]
+        if hl or wl:                     # lam per position: its gradient too, row by row
+            for wo in range(Wo):
+                glam[n, c, ho, wo] = acc_l[wo]
+                acc_l[wo] = 0
+    # a last odd row / column is in no window
+    for h in range(2 * Ho, H):
+        for w in range(W):
+            gx[n, c, h, w] = 0
+    for h in range(2 * Ho):
+        for w in range(2 * Wo, W):
+            gx[n, c, h, w] = 0
+    if not (hl or wl):
+        s = acc_l[0]
+        for wo in range(1, Wo):
+            s += acc_l[wo]
+        glam[n, c, 0, 0] = s
+    if want_grho:
+        grho[n, c, 0] = np.sum(acc_a)
+        grho[n, c, 1] = np.sum(acc_b)
+        grho[n, c, 2] = np.sum(acc_c)
+        grho[n, c, 3] = np.sum(acc_d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Any geometry: the plane's windows as (K, P) scratch.
+# ---------------------------------------------------------------------------------------------
+@njit(**_KW)
+def _valid_range(j, sw, pw, W, Wo):
+    """The output columns wo whose window column ``j`` falls inside the input: [lo, hi)."""
+    # column = wo*sw + j - pw must satisfy 0 <= column <= W - 1
+    lo = 0
+    if pw - j > 0:
+        lo = (pw - j + sw - 1) // sw
+    hi = (W - 1 + pw - j) // sw + 1 if W - 1 + pw - j >= 0 else 0
+    if hi > Wo:
+        hi = Wo
+    if lo > hi:
+        lo = hi
+    return lo, hi
+
+
+@njit(**_KW)
+def _softmax_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, xs, e, lamp, s, y):
+    """For plane (n, c): xs (K, P) window values (0 at padded cells), lamp (P,) lam per window,
+    e (K, P) the unnormalised weights exp(z - max z) (0 at padded cells), s (P,) their sums and
+    y (P,) the outputs sum_q e X_q / s."""
+    H = x.shape[2]
+    W = x.shape[3]
+    K = kh * kw
+    P = Ho * Wo
+    nl = n if lam4.shape[0] > 1 else 0
+    cl = c if lam4.shape[1] > 1 else 0
+    hl = 1 if lam4.shape[2] > 1 else 0
+    wl = 1 if lam4.shape[3] > 1 else 0
+    nr = n if rho3.shape[0] > 1 else 0
+    cr = c if rho3.shape[1] > 1 else 0
+    for ho in range(Ho):
+        for wo in range(Wo):
+            lamp[ho * Wo + wo] = lam4[nl, cl, ho * hl, wo * wl]
+    # gather: e <- z = lam * X + rho at real cells, -inf at padded ones
+    for q in range(K):
+        i = q // kw
+        j = q - i * kw
+        rq = rho3[nr, cr, q]
+        lo, hi = _valid_range(j, sw, pw, W, Wo)
+        for ho in range(Ho):
+            r = ho * sh + i - ph
+            base = ho * Wo
+            if r < 0 or r >= H:
+                lo_r, hi_r = Wo, Wo
+            else:
+                lo_r, hi_r = lo, hi
+            for wo in range(lo_r):
+                xs[q, base + wo] = 0
+                e[q, base + wo] = -np.inf
+            for wo in range(lo_r, hi_r):
+                v = x[n, c, r, wo * sw + j - pw]
+                xs[q, base + wo] = v
+                e[q, base + wo] = lamp[base + wo] * v + rq
+            for wo in range(hi_r, Wo):
+                xs[q, base + wo] = 0
+                e[q, base + wo] = -np.inf
+    # shift by each window's own max (every window holds a real cell: padding < kernel)
+    for p in range(P):
+        s[p] = e[0, p]
+    for q in range(1, K):
+        for p in range(P):
+            s[p] = _fmax(s[p], e[q, p])
+    for q in range(K):
+        for p in range(P):
+            e[q, p] = fexp(e[q, p] - s[p])
+    for p in range(P):
+        s[p] = e[0, p]
+        y[p] = e[0, p] * xs[0, p]
+    for q in range(1, K):
+        for p in range(P):
+            s[p] += e[q, p]
+            y[p] += e[q, p] * xs[q, p]
+    for p in range(P):
+        y[p] = y[p] / s[p]
+
+
+@njit(**_KW)
+def _fwd_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, y, xs, e, lamp, s, yp):
+    Ho, Wo = y.shape[2], y.shape[3]
+    _softmax_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, xs, e, lamp, s, yp)
+    for ho in range(Ho):
+        for wo in range(Wo):
+            y[n, c, ho, wo] = yp[ho * Wo + wo]
+
+
+@njit(**_KW)
+def _bwd_plane_generic(x, lam4, rho3, gy, n, c, kh, kw, sh, sw, ph, pw, want_grho, gx, glam, grho,
+                       xs, e, lamp, s, yp, gl):
+    H, W = x.shape[2], x.shape[3]
+    Ho, Wo = gy.shape[2], gy.shape[3]
+    K = kh * kw
+    P = Ho * Wo
+    _softmax_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, xs, e, lamp, s, yp)
+    for ho in range(Ho):
+        for wo in range(Wo):
+            s[ho * Wo + wo] = gy[n, c, ho, wo] / s[ho * Wo + wo]     # gy / sum e: e * s = gy W
+    gl[:] = 0
+    for q in range(K):
+        for p in range(P):
+            a = e[q, p] * s[p]           # gy * W_q
+            dv = xs[q, p] - yp[p]        # X_q - Y  (two-pass: Y first, then the deviations)
+            ad = a * dv
+            gl[p] += ad * dv             # gy * W_q (X_q - Y)^2            (Eq. 9)
+            e[q, p] = a + ad * lamp[p]   # gy * W_q (1 + lam (X_q - Y))    (Eq. 8)
+            xs[q, p] = ad                # gy * W_q (X_q - Y)              (Eq. 10)
+    if want_grho:
+        for q in range(K):
+            acc = xs[q, 0]
+            for p in range(1, P):
+                acc += xs[q, p]
+            grho[n, c, q] = acc
+    # glam: per position, or summed over the plane
+    if glam.shape[2] > 1 or glam.shape[3] > 1:
+        for ho in range(Ho):
+            for wo in range(Wo):
+                glam[n, c, ho, wo] = gl[ho * Wo + wo]
+    else:
+        acc = gl[0]
+        for p in range(1, P):
+            acc += gl[p]
+        glam[n, c, 0, 0] = acc
+    # gx: zero the plane, then scatter-add every window's share (overlaps accumulate)
+    for h in range(H):
+        for w in range(W):
+            gx[n, c, h, w] = 0
+    for q in range(K):
+        i = q // kw
+        j = q - i * kw
+        lo, hi = _valid_range(j, sw, pw, W, Wo)
+        for ho in range(Ho):
+            r = ho * sh + i - ph
+            if r < 0 or r >= H:
+                continue
+            base = ho * Wo
+            for wo in range(lo, hi):
+                gx[n, c, r, wo * sw + j - pw] += e[q, base + wo]
+
+
+# ---------------------------------------------------------------------------------------------
+# The kernels.
+# ---------------------------------------------------------------------------------------------
+@pjit(**_KW)
+def maxent_pool2d_fwd_cpu(x, lam4, rho3, kh, kw, sh, sw, ph, pw, per, y):
+    """Forward: y (N, C, Ho, Wo) <- max-entropy pooling of x (N, C, H, W); ``per`` planes per
+    parallel iteration (:func:`planes_per_chunk`)."""
+    N, C = x.shape[0], x.shape[1]
+    Ho, Wo = y.shape[2], y.shape[3]
+    K = kh * kw
+    P = Ho * Wo
+    fast = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+    nchunks = (N * C + per - 1) // per
+    for chunk in prange(nchunks):
+        if fast:
+            xa = np.empty(Wo, dtype=x.dtype)
+            xb = np.empty(Wo, dtype=x.dtype)
+            xc = np.empty(Wo, dtype=x.dtype)
+            xd = np.empty(Wo, dtype=x.dtype)
+            lrow = np.empty(Wo, dtype=x.dtype)
+            for nc in range(chunk * per, min((chunk + 1) * per, N * C)):
+                _fwd_plane_2x2(x, lam4, rho3, nc // C, nc % C, y, xa, xb, xc, xd, lrow)
+        else:
+            xs = np.empty((K, P), dtype=x.dtype)
+            e = np.empty((K, P), dtype=x.dtype)
+            lamp = np.empty(P, dtype=x.dtype)
+            s = np.empty(P, dtype=x.dtype)
+            yp = np.empty(P, dtype=x.dtype)
+            for nc in range(chunk * per, min((chunk + 1) * per, N * C)):
+                _fwd_plane_generic(x, lam4, rho3, nc // C, nc % C, kh, kw, sh, sw, ph, pw, y, xs, e, lamp, s, yp)
+
+
+@pjit(**_KW)
+def maxent_pool2d_bwd_cpu(x, lam4, rho3, gy, kh, kw, sh, sw, ph, pw, per, want_grho, gx, glam, grho):
+    """Backward (Eq. 8-10), recomputing the softmax from x.
+
+    gx (N, C, H, W) <- sum over the windows holding each cell of gy W_q (1 + lam (X_q - Y))
+    (0 for cells in no window); glam (N, C, Hl, Wl) <- gy sum_q W_q (X_q - Y)^2, summed over the
+    plane's positions when (Hl, Wl) = (1, 1), per position when (Hl, Wl) = (Ho, Wo) (as lam4);
+    grho (N, C, K) <- sum over positions of gy W_q (X_q - Y) (written only when ``want_grho``).
+    """
+    N, C = x.shape[0], x.shape[1]
+    Ho, Wo = gy.shape[2], gy.shape[3]
+    K = kh * kw
+    P = Ho * Wo
+    fast = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+    nchunks = (N * C + per - 1) // per
+    for chunk in prange(nchunks):
+        if fast:
+            rows = np.empty((14, Wo), dtype=x.dtype)
+            for nc in range(chunk * per, min((chunk + 1) * per, N * C)):
+                _bwd_plane_2x2(x, lam4, rho3, gy, nc // C, nc % C, want_grho, gx, glam, grho,
+                               rows[0], rows[1], rows[2], rows[3], rows[4], rows[5], rows[6], rows[7],
+                               rows[8], rows[9], rows[10], rows[11], rows[12], rows[13])
+        else:
+            xs = np.empty((K, P), dtype=x.dtype)
+            e = np.empty((K, P), dtype=x.dtype)
+            lamp = np.empty(P, dtype=x.dtype)
+            s = np.empty(P, dtype=x.dtype)
+            yp = np.empty(P, dtype=x.dtype)
+            gl = np.empty(P, dtype=x.dtype)
+            for nc in range(chunk * per, min((chunk + 1) * per, N * C)):
+                _bwd_plane_generic(x, lam4, rho3, gy, nc // C, nc % C, kh, kw, sh, sw, ph, pw, want_grho,
+                                   gx, glam, grho, xs, e, lamp, s, yp, gl)

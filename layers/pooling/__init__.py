@@ -1,0 +1,240 @@
+"""Max, average and global average pooling (NCHW).
+
+Each output cell pools one ``kh x kw`` window of its channel (Eq. 1 of MATH.md with fixed weights):
+
+    max:  y[n, c, oh, ow] = max_{q in R}  x[n, c, q]        dy/dx_q = 1 at the (first) argmax, else 0
+    avg:  y[n, c, oh, ow] = 1/|R| sum_{q in R} x[n, c, q]    dy/dx_q = 1/|R|
+
+where ``R`` is the window's set of *real* cells: window ``(oh, ow)`` starts at row ``oh*sh - ph``
+and column ``ow*sw - pw``, and cells in the padding are never part of ``R`` (max pooling pads
+with -inf; average pooling divides by the number of real cells, PyTorch's
+``count_include_pad=False``). The output size is ``(H + 2*ph - kh) // sh + 1`` (likewise W);
+``padding < kernel_size`` so that every window holds a real cell. With overlapping windows
+(``stride < kernel_size``) the backward adds the contributions of every window a cell is in.
+
+The layers are :class:`MaxPool2d`, :class:`AvgPool2d` and :class:`GlobalAvgPool2d`; the
+functional pairs (``max_pool2d_forward`` / ``max_pool2d_backward``, and the average ones) are
+what they call. The CPU kernels live in ``cpu.py`` (Numba), the NumPy oracle in ``reference.py``;
+there is no GPU kernel yet for max/avg pooling (a CuPy array raises NotImplementedError naming
+the op); global average pooling is device-agnostic ``xp`` code.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minignn import backend
+from minignn.checks import check_array, check_grad_output
+from minignn.module import Module
+
+from .._window import check_pool_padding, out_size, pair
+from . import cpu as _cpu
+
+__all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "max_pool2d_forward", "max_pool2d_backward",
+           "avg_pool2d_forward", "avg_pool2d_backward", "argmax_dtype"]
+
+
+def _geometry(kernel_size, stride, padding, where):
+    """Validated ``(kh, kw), (sh, sw), (ph, pw)``; ``stride=None`` means the kernel size."""
+    k = pair(kernel_size, "kernel_size", where)
+    s = k if stride is None else pair(stride, "stride", where)
+    p = pair(padding, "padding", where, minimum=0)
+    check_pool_padding(k, p, where)
+    return k, s, p
+
+
+def _out_shape(x_shape, k, s, p, where):
+    n, c, h, w = x_shape
+    return n, c, out_size(h, k[0], s[0], p[0], "H", where), out_size(w, k[1], s[1], p[1], "W", where)
+
+
+def argmax_dtype(kernel_size) -> np.dtype:
+    """dtype of the stored argmax offsets: int8 when ``kh*kw <= 127``, else int32."""
+    kh, kw = pair(kernel_size, "kernel_size")
+    return np.dtype(np.int8) if kh * kw <= 127 else np.dtype(np.int32)
+
+
+# --------------------------------------------------------------------------------- max pooling
+def _max_fwd_cpu(x, k, s, p, y_shape):
+    x = np.ascontiguousarray(x)
+    y = np.empty(y_shape, dtype=x.dtype)
+    arg = np.empty(y_shape, dtype=argmax_dtype(k))
+    _cpu.maxpool2d_fwd_cpu(x, k[0], k[1], s[0], s[1], p[0], p[1], y, arg)
+    return y, arg
+
+
+def _max_bwd_cpu(gy, arg, x_shape, k, s, p):
+    gx = np.empty(x_shape, dtype=gy.dtype)
+    _cpu.maxpool2d_bwd_cpu(np.ascontiguousarray(gy), np.ascontiguousarray(arg), k[0], k[1], s[0], s[1],
+                           p[0], p[1], gx)
+    return gx
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
+    """Max pooling.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float32 or float64 array
+    kernel_size, stride, padding : int or (int, int); ``stride=None`` means ``kernel_size``
+
+    Returns
+    -------
+    y : (N, C, Ho, Wo) array, x's dtype
+    argmax : (N, C, Ho, Wo) int8 (int32 for kernels of more than 127 cells)
+        Offset ``di*kw + dj`` of each window's first maximum inside the window.
+    """
+    where = "max_pool2d_forward"
+    k, s, p = _geometry(kernel_size, stride, padding, where)
+    check_array(x, "x", ndim=4, where=where)
+    y_shape = _out_shape(x.shape, k, s, p, where)
+    fn = backend.pick(x, cpu=_max_fwd_cpu, gpu=None, op="max_pool2d_forward")
+    return fn(x, k, s, p, y_shape)
+
+
+def max_pool2d_backward(gy, argmax, x_shape, kernel_size, stride=None, padding=0):
+    """Gradient of max pooling: ``gx`` (shape ``x_shape``) gets each ``gy`` value at its window's
+    argmax cell (summed over windows that share it). ``argmax`` is what the forward returned."""
+    where = "max_pool2d_backward"
+    k, s, p = _geometry(kernel_size, stride, padding, where)
+    x_shape = tuple(int(v) for v in x_shape)
+    y_shape = _out_shape(x_shape, k, s, p, where)
+    check_grad_output(gy, y_shape, where=where)
+    if tuple(argmax.shape) != y_shape or np.dtype(argmax.dtype).kind not in "iu":
+        raise ValueError(f"{where}: argmax: expected an integer array of shape {y_shape}, got "
+                         f"{argmax.dtype} of shape {tuple(argmax.shape)}")
+    fn = backend.pick(gy, cpu=_max_bwd_cpu, gpu=None, op="max_pool2d_backward")
+    return fn(gy, argmax, x_shape, k, s, p)
+
+
+# ----------------------------------------------------------------------------- average pooling
+def _avg_fwd_cpu(x, k, s, p, y_shape):
+    y = np.empty(y_shape, dtype=x.dtype)
+    _cpu.avgpool2d_fwd_cpu(np.ascontiguousarray(x), k[0], k[1], s[0], s[1], p[0], p[1], y)
+    return y
+
+
+def _avg_bwd_cpu(gy, x_shape, k, s, p):
+    gx = np.empty(x_shape, dtype=gy.dtype)
+    _cpu.avgpool2d_bwd_cpu(np.ascontiguousarray(gy), k[0], k[1], s[0], s[1], p[0], p[1], gx)
+    return gx
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
+    """Average pooling over each window's real cells (padding excluded from the count).
+
+    x : (N, C, H, W) float array -> y : (N, C, Ho, Wo), x's dtype (sums accumulate in float64).
+    """
+    where = "avg_pool2d_forward"
+    k, s, p = _geometry(kernel_size, stride, padding, where)
+    check_array(x, "x", ndim=4, where=where)
+    y_shape = _out_shape(x.shape, k, s, p, where)
+    fn = backend.pick(x, cpu=_avg_fwd_cpu, gpu=None, op="avg_pool2d_forward")
+    return fn(x, k, s, p, y_shape)
+
+
+def avg_pool2d_backward(gy, x_shape, kernel_size, stride=None, padding=0):
+    """Gradient of average pooling: each ``gy`` value spread evenly over its window's real cells.
+    gy : (N, C, Ho, Wo) -> gx : ``x_shape``."""
+    where = "avg_pool2d_backward"
+    k, s, p = _geometry(kernel_size, stride, padding, where)
+    x_shape = tuple(int(v) for v in x_shape)
+    check_grad_output(gy, _out_shape(x_shape, k, s, p, where), where=where)
+    fn = backend.pick(gy, cpu=_avg_bwd_cpu, gpu=None, op="avg_pool2d_backward")
+    return fn(gy, x_shape, k, s, p)
+
+
+# ---------------------------------------------------------------------------------- the layers
+class _Pool2d(Module):
+    _name = "Pool2d"
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = _geometry(kernel_size, stride, padding, self._name)
+        self._saved = None
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling layer; padded cells never win, ties go to the first maximum in row-major window
+    order, and a NaN in a window propagates.
+
+    Parameters
+    ----------
+    kernel_size : int or (kh, kw)
+    stride : int or (sh, sw), default ``kernel_size``
+    padding : int or (ph, pw), default 0; must be smaller than the kernel
+
+    Shapes: x (N, C, H, W) -> y (N, C, Ho, Wo) with ``Ho = (H + 2*ph - kh) // sh + 1``.
+    Forward saves the argmax offsets (one byte per output for kernels up to 127 cells).
+    """
+    _name = "MaxPool2d"
+
+    def forward(self, x):
+        check_array(x, "x", ndim=4, where="MaxPool2d.forward")
+        y_shape = _out_shape(x.shape, self.kernel_size, self.stride, self.padding, "MaxPool2d.forward")
+        fn = backend.pick(x, cpu=_max_fwd_cpu, gpu=None, op="MaxPool2d.forward")
+        y, arg = fn(x, self.kernel_size, self.stride, self.padding, y_shape)
+        self._saved = (arg, tuple(x.shape), y.shape, y.dtype)
+        return y
+
+    def backward(self, gy):
+        arg, x_shape, y_shape, dtype = self._saved_or_raise(self._saved)
+        check_grad_output(gy, y_shape, dtype, where="MaxPool2d.backward")
+        fn = backend.pick(gy, cpu=_max_bwd_cpu, gpu=None, op="MaxPool2d.backward")
+        return fn(gy, arg, x_shape, self.kernel_size, self.stride, self.padding)
+
+
+class AvgPool2d(_Pool2d):
+    """Average pooling layer; padded cells are excluded from each window's mean
+    (``count_include_pad=False``).
+
+    Parameters
+    ----------
+    kernel_size : int or (kh, kw)
+    stride : int or (sh, sw), default ``kernel_size``
+    padding : int or (ph, pw), default 0; must be smaller than the kernel
+
+    Shapes: x (N, C, H, W) -> y (N, C, Ho, Wo) with ``Ho = (H + 2*ph - kh) // sh + 1``.
+    """
+    _name = "AvgPool2d"
+
+    def forward(self, x):
+        check_array(x, "x", ndim=4, where="AvgPool2d.forward")
+        y_shape = _out_shape(x.shape, self.kernel_size, self.stride, self.padding, "AvgPool2d.forward")
+        fn = backend.pick(x, cpu=_avg_fwd_cpu, gpu=None, op="AvgPool2d.forward")
+        y = fn(x, self.kernel_size, self.stride, self.padding, y_shape)
+        self._saved = (tuple(x.shape), y.shape, y.dtype)
+        return y
+
+    def backward(self, gy):
+        x_shape, y_shape, dtype = self._saved_or_raise(self._saved)
+        check_grad_output(gy, y_shape, dtype, where="AvgPool2d.backward")
+        fn = backend.pick(gy, cpu=_avg_bwd_cpu, gpu=None, op="AvgPool2d.backward")
+        return fn(gy, x_shape, self.kernel_size, self.stride, self.padding)
+
+
+class GlobalAvgPool2d(Module):
+    """Mean over the spatial axes: x (N, C, H, W) -> y (N, C); backward gx = gy / (H*W) broadcast
+    over H and W. Device-agnostic (NumPy or CuPy arrays)."""
+
+    def __init__(self):
+        super().__init__()
+        self._saved = None
+
+    def forward(self, x):
+        check_array(x, "x", ndim=4, where="GlobalAvgPool2d.forward")
+        xp = backend.get_array_module(x)
+        n, c, h, w = x.shape
+        y = x.reshape(n, c, h * w).mean(axis=2)  # x's dtype (pairwise summation in NumPy)
+        self._saved = (tuple(x.shape), x.dtype)
+        return xp.asarray(y, dtype=x.dtype)
+
+    def backward(self, gy):
+        x_shape, dtype = self._saved_or_raise(self._saved)
+        check_grad_output(gy, x_shape[:2], dtype, where="GlobalAvgPool2d.backward")
+        xp = backend.get_array_module(gy)
+        gx = xp.empty(x_shape, dtype=dtype)
+        gx[...] = (gy * dtype.type(1.0 / (x_shape[2] * x_shape[3])))[:, :, None, None]
+        return gx

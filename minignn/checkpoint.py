@@ -1,0 +1,147 @@
+"""Checkpoints: a nested dict of arrays and plain values in one ``.npz`` file, written atomically.
+
+Format: a NumPy ``.npz`` archive. Every array of the state goes in as its own entry (named by its
+path in the dict, e.g. ``model/0.conv.weight``); everything else (numbers, strings, lists, dicts,
+None, the big integers of a NumPy RNG state) goes in one JSON document stored as the entry
+``__meta__``, in which each array is replaced by ``{"__array__": "<entry name>"}``. Loading uses
+``allow_pickle=False``, so opening a checkpoint never runs code from the file.
+
+Atomic writes: :func:`save_checkpoint` writes to a temporary file in the destination folder,
+flushes and fsyncs it, then ``os.replace``-s it over the destination (an atomic rename on POSIX
+and Windows) and fsyncs the folder. A crash, a full disk or a Ctrl-C during the write leaves the
+previous checkpoint intact, and the temporary file is removed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import backend
+
+FORMAT = "minignn-checkpoint"
+VERSION = 1
+_META = "__meta__"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupted or not a minignn checkpoint."""
+
+
+def _pack(obj, path: str, arrays: dict):
+    """Replace arrays in ``obj`` by references, collecting them in ``arrays`` (JSON-able result)."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise TypeError(f"save_checkpoint: {path or 'state'}: keys must be strings, got {k!r}")
+            out[k] = _pack(v, f"{path}/{k}" if path else k, arrays)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_pack(v, f"{path}/{i}", arrays) for i, v in enumerate(obj)]
+    if hasattr(obj, "__array__") and hasattr(obj, "dtype") and hasattr(obj, "shape") and getattr(obj, "ndim", 0) >= 0 \
+            and not isinstance(obj, np.generic):
+        key = path
+        if key in arrays or key == _META:
+            raise ValueError(f"save_checkpoint: duplicate array entry {key!r}")
+        arrays[key] = backend.to_numpy(obj)
+        return {"__array__": key}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"save_checkpoint: {path or 'state'}: cannot store a {type(obj).__name__}"
+                    f" (use arrays, numbers, strings, lists, dicts or None)")
+
+
+def _unpack(obj, arrays):
+    if isinstance(obj, dict):
+        if set(obj) == {"__array__"}:
+            return arrays[obj["__array__"]]
+        return {k: _unpack(v, arrays) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unpack(v, arrays) for v in obj]
+    return obj
+
+
+def _fsync_dir(folder: str):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_checkpoint(path: str, state: dict) -> str:
+    """Write ``state`` (a dict of arrays and plain values) to ``path`` atomically; returns ``path``.
+
+    The previous file at ``path`` stays complete and loadable until the new one is fully on disk.
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"save_checkpoint: state: expected a dict, got {type(state).__name__}")
+    arrays: dict = {}
+    meta = {"format": FORMAT, "version": VERSION, "state": _pack(state, "", arrays)}
+    meta_bytes = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", suffix=".part", dir=folder)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{_META: meta_bytes}, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+    return path
+
+
+def load_checkpoint(path: str) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint`; returns the state dict (arrays as
+    numpy arrays). Raises :class:`CheckpointError` with the path and the reason when the file is
+    missing, truncated, corrupted or of another format."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"load_checkpoint: {path!r} is a folder; give the checkpoint file"
+                              f" (e.g. {os.path.join(path, 'checkpoint.npz')!r})")
+    if not os.path.exists(path):
+        raise CheckpointError(f"load_checkpoint: no file at {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if _META not in z.files:
+                raise CheckpointError(f"load_checkpoint: {path!r} is an .npz file but not a minignn checkpoint"
+                                      f" (no {_META} entry)")
+            meta = json.loads(z[_META].tobytes().decode("utf-8"))
+            arrays = {k: z[k] for k in z.files if k != _META}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"load_checkpoint: {path!r} is truncated or corrupted ({type(e).__name__}: {e})") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"load_checkpoint: {path!r}: expected format {FORMAT!r}, got {meta.get('format')!r}")
+    if meta.get("version", 0) > VERSION:
+        raise CheckpointError(f"load_checkpoint: {path!r}: written by a newer minignn (format version"
+                              f" {meta['version']}, this one reads up to {VERSION})")
+    try:
+        return _unpack(meta["state"], arrays)
+    except KeyError as e:
+        raise CheckpointError(f"load_checkpoint: {path!r} is corrupted (missing array entry {e})") from e

@@ -1,0 +1,268 @@
+"""The ``minignn`` command: ``train``, ``eval CHECKPOINT`` and ``bench``.
+
+    minignn train                       # tiny net, GFGP pooling, CIFAR-10, 10 epochs
+    minignn train --pool max --epochs 30 --out runs/tiny-max
+    minignn train --dataset synthetic --limit-train 512 --epochs 2     # a quick offline demo
+    minignn train --resume runs/tiny-max/checkpoint.npz                 # continue exactly
+    minignn eval runs/tiny-max/best.npz
+    minignn bench --help
+
+Errors a user can fix (no data, a bad option, a corrupted checkpoint, no GPU) print one line
+``minignn: error: ...`` and exit with status 2; set ``MINIGNN_DEBUG=1`` for the traceback.
+Ctrl-C during training saves a checkpoint and exits with status 130.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+
+from .models import MODELS, POOLS
+from .schedule import SCHEDULES
+
+DATASETS = ("cifar10", "cifar100", "synthetic")
+
+
+def _kv(text: str):
+    """``key=value`` with the value read as a Python literal when it is one (``0.5``, ``True``)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        v = ast.literal_eval(v)
+    except (ValueError, SyntaxError):
+        pass
+    return k.strip(), v
+
+
+def _nonneg_float(text):
+    v = float(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return v
+
+
+def _pos_int(text):
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return v
+
+
+def _train_parser(sub):
+    from .train import TrainConfig
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train", help="train a model (default: the tiny net with GFGP pooling on CIFAR-10)",
+        description="Train a CNN from scratch. Results (metrics.jsonl, checkpoint.npz, best.npz, curves.png,"
+                    " lam.png, summary.json) go to the run folder. Ctrl-C saves a checkpoint; --resume continues"
+                    " exactly where it stopped.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # every option defaults to None here so that --resume can tell which ones were given;
+    # the shown defaults are TrainConfig's
+    g = p.add_argument_group("model")
+    g.add_argument("--model", choices=tuple(MODELS), default=None, help=f"architecture (default {d.model})")
+    g.add_argument("--pool", choices=POOLS, default=None, help=f"every local pooling layer (default {d.pool})")
+    g.add_argument("--pool-opt", type=_kv, action="append", default=None, metavar="KEY=VALUE",
+                   help="extra MaxEntPool2d option, repeatable (e.g. stat=max, hidden=0.25, activation=softplus)")
+    g.add_argument("--width", type=float, default=None, help=f"channel-width multiplier, for quick tests (default {d.width})")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=DATASETS, default=None, help=f"(default {d.dataset}; 'synthetic' is generated,"
+                   " no download)")
+    g.add_argument("--data-dir", default=None, help="data root holding cifar-10-batches-py/ (default: $MINIGNN_DATA,"
+                   " else a per-user cache folder)")
+    g.add_argument("--no-download", action="store_true", default=None, help="never download; fail if the data are absent")
+    g.add_argument("--limit-train", type=_pos_int, default=None, metavar="N", help="use only the first N training images")
+    g.add_argument("--limit-test", type=_pos_int, default=None, metavar="N", help="use only the first N test images")
+    g.add_argument("--no-augment", action="store_true", default=None, help="no random crop / flip")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=_pos_int, default=None, help=f"(default {d.epochs})")
+    g.add_argument("--batch-size", type=_pos_int, default=None, help=f"(default {d.batch_size})")
+    g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d.lr})")
+    g.add_argument("--schedule", choices=SCHEDULES, default=None, help=f"(default {d.schedule})")
+    g.add_argument("--momentum", type=_nonneg_float, default=None, help=f"(default {d.momentum})")
+    g.add_argument("--no-nesterov", action="store_true", default=None, help="plain momentum instead of Nesterov")
+    g.add_argument("--weight-decay", type=_nonneg_float, default=None, help=f"(default {d.weight_decay})")
+    g.add_argument("--label-smoothing", type=_nonneg_float, default=None, help=f"(default {d.label_smoothing})")
+    g.add_argument("--seed", type=int, default=None, help=f"(default {d.seed})")
+    g = p.add_argument_group("run")
+    g.add_argument("--device", choices=("cpu", "gpu"), default=None, help=f"(default {d.device})")
+    g.add_argument("--out", default=None, help="run folder (default runs/<model>-<pool>-<dataset>-<timestamp>)")
+    g.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="continue the run saved in CHECKPOINT (a checkpoint.npz or its run folder) with its saved"
+                        " settings")
+    g.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                   help=f"also checkpoint every STEPS steps within an epoch, 0 = only at epoch ends"
+                        f" (default {d.checkpoint_every})")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--no-plots", action="store_true", help="no PNG plots at the end")
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+_CONFIG_ARGS = {  # argparse dest -> (TrainConfig field, converter)
+    "model": ("model", None), "pool": ("pool", None), "width": ("width", None), "dataset": ("dataset", None),
+    "data_dir": ("data_dir", None), "no_download": ("download", lambda v: not v),
+    "limit_train": ("limit_train", None), "limit_test": ("limit_test", None),
+    "no_augment": ("augment", lambda v: not v), "epochs": ("epochs", None), "batch_size": ("batch_size", None),
+    "lr": ("lr", None), "schedule": ("schedule", None), "momentum": ("momentum", None),
+    "no_nesterov": ("nesterov", lambda v: not v), "weight_decay": ("weight_decay", None),
+    "label_smoothing": ("label_smoothing", None), "seed": ("seed", None), "device": ("device", None),
+    "checkpoint_every": ("checkpoint_every", None), "pool_opt": ("pool_kw", dict),
+}
+
+
+def cmd_train(args) -> int:
+    from .train import TrainConfig, Trainer
+    progress = not args.no_progress
+    given = {dest: getattr(args, dest) for dest in _CONFIG_ARGS if getattr(args, dest) is not None}
+    if args.resume:
+        ignored = sorted(f"--{k.replace('_', '-')}" for k in given if k != "device")
+        if ignored:
+            print(f"minignn train --resume: using the checkpoint's saved settings; ignoring {', '.join(ignored)}",
+                  file=sys.stderr)
+        trainer = Trainer.from_checkpoint(args.resume, device=args.device, out=args.out, progress=progress,
+                                          plots=not args.no_plots)
+    else:
+        kw = {}
+        for dest, v in given.items():
+            field_name, conv = _CONFIG_ARGS[dest]
+            kw[field_name] = conv(v) if conv else v
+        if kw.get("momentum") == 0 and "nesterov" not in kw:
+            kw["nesterov"] = False  # Nesterov needs momentum; --momentum 0 means plain SGD
+        config = TrainConfig(**kw)
+        trainer = Trainer(config, out=args.out, progress=progress, plots=not args.no_plots)
+    try:
+        trainer.run()
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _eval_parser(sub):
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the test set",
+                       description="Evaluate a saved model (checkpoint.npz or best.npz of a run) on its dataset's"
+                                   " test set: loss, accuracy, and for max-entropy pooling the mean lam per layer.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file, or a run folder (uses its best.npz,"
+                   " else checkpoint.npz)")
+    p.add_argument("--data-dir", default=None, help="data root (default: the one saved in the checkpoint, else"
+                   " $MINIGNN_DATA, else the cache folder)")
+    p.add_argument("--dataset", choices=DATASETS, default=None, help="evaluate on this dataset instead of the saved one")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--batch-size", type=_pos_int, default=256)
+    p.add_argument("--limit-test", type=_pos_int, default=None, metavar="N", help="only the first N test images")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+    return p
+
+
+def cmd_eval(args) -> int:
+    from . import backend
+    from .checkpoint import load_checkpoint
+    from .data import BatchLoader, load_dataset
+    from .train import TrainConfig, evaluate, model_from_config
+    path = args.checkpoint
+    if os.path.isdir(path):
+        cands = [os.path.join(path, f) for f in ("best.npz", "checkpoint.npz")]
+        path = next((c for c in cands if os.path.exists(c)), cands[-1])
+    state = load_checkpoint(path)
+    if "model" not in state or "config" not in state:
+        raise ValueError(f"eval: {path!r} is a checkpoint without a model and config")
+    config = TrainConfig.from_dict(state["config"])
+    backend.check_device(args.device)
+    name = args.dataset or config.dataset
+    ds = load_dataset(name, data_dir=args.data_dir or config.data_dir, download=config.download,
+                      progress=not args.no_progress)
+    if name == config.dataset and config.limit_test is not None and args.limit_test is None:
+        args.limit_test = config.limit_test
+    if args.limit_test is not None:
+        ds = ds.limit(None, min(args.limit_test, len(ds.y_test)))
+    if ds.num_classes != state.get("num_classes", ds.num_classes):
+        raise ValueError(f"eval: the model predicts {state['num_classes']} classes but {name} has {ds.num_classes}")
+    model = model_from_config(config, ds.num_classes)
+    model.load_state_dict(state["model"])
+    if args.device != "cpu":
+        model.to(args.device)
+    loader = BatchLoader(ds.x_test, ds.y_test, args.batch_size, train=False, augment=False, mean=ds.mean,
+                         std=ds.std, seed=config.seed)
+    r = evaluate(model, loader, args.device, progress=not args.no_progress, desc=f"eval {name}", collect_lam=True)
+    result = {"checkpoint": path, "model": config.model, "pool": config.pool, "dataset": name, "images": r["n"],
+              "test_loss": r["loss"], "test_acc": r["acc"], "time": r["time"],
+              "epoch": state.get("epoch", state.get("position", {}).get("epoch"))}
+    if r["lam_stats"]:
+        result["lam"] = r["lam_stats"]
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{path}: {config.model} (pool={config.pool}) on {name} test ({r['n']} images):"
+              f" loss {r['loss']:.4f}, accuracy {100 * r['acc']:.2f}%  [{r['time']:.1f} s,"
+              f" {r['n'] / max(r['time'], 1e-9):.0f} img/s]")
+        for layer, st in r["lam_stats"].items():
+            print(f"  lam {layer}: mean {st['mean']:.4g}, std {st['std']:.4g}")
+    return 0
+
+
+def _bench_parser(sub):
+    p = sub.add_parser("bench", help="run the benchmarks (arguments go to minignn.bench)", add_help=False,
+                       description="Run minignn's benchmarks; every argument is passed to minignn.bench.main.")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of the benchmark runner (try --help)")
+    p.set_defaults(func=cmd_bench)
+    return p
+
+
+def cmd_bench(args) -> int:
+    try:
+        from . import bench
+    except ImportError as e:  # pragma: no cover - the benchmarks ship with the package
+        raise RuntimeError(f"bench: the benchmark package is not available ({e})") from e
+    if not hasattr(bench, "main"):
+        raise RuntimeError("bench: minignn.bench has no main(argv) entry point")
+    rc = bench.main(list(args.bench_args))
+    return int(rc or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    p = argparse.ArgumentParser(
+        prog="minignn", description="minignn: a from-scratch deep-learning engine with max-entropy and GFGP pooling."
+                                    " Train small CNNs on CIFAR, evaluate checkpoints, run the benchmarks.",
+        epilog="Run 'minignn COMMAND --help' for a command's options.")
+    p.add_argument("--version", action="version", version=f"minignn {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _train_parser(sub)
+    _eval_parser(sub)
+    _bench_parser(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``minignn`` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] == "bench":  # everything after 'bench' belongs to the benchmark runner
+        args = argparse.Namespace(command="bench", bench_args=argv[1:], func=cmd_bench)
+    else:
+        args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    from .checkpoint import CheckpointError
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("\nminignn: interrupted", file=sys.stderr)
+        return 130
+    except (CheckpointError, ValueError, RuntimeError, OSError, NotImplementedError) as e:
+        if os.environ.get("MINIGNN_DEBUG"):
+            raise
+        print(f"minignn {args.command}: error: {e}", file=sys.stderr)
+        print("(set MINIGNN_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

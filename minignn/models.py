@@ -1,0 +1,337 @@
+"""CIFAR models with a choice of local pooling: ``tiny``, ``vgg11`` and ``resnet20``.
+
+``build_model(name, pool="max", num_classes=10, **pool_kw)`` builds one of them with every local
+(downsampling) pooling of the given kind:
+
+========================  =============================================================
+pool                      layer used at every 2x2 / stride-2 downsampling
+========================  =============================================================
+``"max"``                 :class:`~minignn.layers.MaxPool2d`
+``"avg"``                 :class:`~minignn.layers.AvgPool2d`
+``"skip"``                :class:`Subsample2d` (``x[:, :, ::2, ::2]``, strided subsampling)
+``"maxent"``              :class:`~minignn.layers.MaxEntPool2d`, constant lam (``lam="const"``)
+``"maxent-param"``        MaxEntPool2d, a trained lam per channel (``lam="param"``)
+``"gfgp"``                MaxEntPool2d with GFGP lam per sample and channel (``lam="gfgp"``)
+``"gfgp-local"``          MaxEntPool2d with local GFGP, lam per output position (``lam="local"``)
+========================  =============================================================
+
+Extra keyword arguments (``pool_kw``) go to MaxEntPool2d (``lam_init``, ``stat``, ``hidden``,
+``mlp``, ``activation``, ``prior``, ...).
+
+Architectures (3x32x32 input; every convolution is 3x3, padding 1, without bias, followed by
+BatchNorm2d and ReLU):
+
+* ``tiny``: three blocks conv-BN-ReLU-pool of widths 32, 64, 128, global average pool, linear.
+* ``vgg11``: widths 64-P-128-P-256-256-P-512-512-P-512-512-P (P = pool, five of them), global
+  average pool, linear.
+* ``resnet20``: He et al.'s CIFAR ResNet (conv 16, then 3 stages of 3 BasicBlocks with 16, 32 and
+  64 channels, global average pool, linear). Shortcuts are option A: identity, or where the shape
+  changes, strided subsampling ``x[:, :, ::2, ::2]`` with zero-padded extra channels (no
+  parameters). With ``pool="skip"`` the first block of stages 2 and 3 downsamples with a
+  stride-2 first convolution, as in the original. With any other pool that convolution has
+  stride 1 and is followed (after its BN and ReLU) by the chosen 2x2 pool, as the GFGP paper does
+  for ResNets; the shortcut keeps its strided subsampling.
+
+``width`` scales every channel count (``max(1, round(c * width))``); it exists so tests can run
+the same architectures small.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from . import backend
+from .checks import check_array, check_grad_output
+from .module import Module, Sequential
+
+POOLS = ("max", "avg", "skip", "maxent", "maxent-param", "gfgp", "gfgp-local")
+_MAXENT_LAM = {"maxent": "const", "maxent-param": "param", "gfgp": "gfgp", "gfgp-local": "local"}
+
+MODELS: dict[str, Callable[..., Module]] = {}
+
+
+def register_model(name: str):
+    """Decorator adding a builder ``fn(pool, num_classes, width, **pool_kw) -> Module`` to the registry."""
+    def deco(fn):
+        if name in MODELS:
+            raise ValueError(f"register_model: a model named {name!r} is already registered")
+        MODELS[name] = fn
+        return fn
+    return deco
+
+
+# --- small building blocks ---------------------------------------------------------------------
+class Subsample2d(Module):
+    """Strided subsampling (the "skip" pooling): ``y = x[:, :, ::s, ::s]``.
+
+    Shapes: x (N, C, H, W) -> y (N, C, ceil(H/s), ceil(W/s)). Backward scatters gy back to the
+    kept positions; the others get zero gradient.
+    """
+
+    def __init__(self, stride: int = 2):
+        super().__init__()
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"Subsample2d: stride: expected an integer >= 1, got {stride!r}")
+        self.stride = stride
+        self._saved = None
+
+    def forward(self, x):
+        check_array(x, "x", ndim=4, where="Subsample2d.forward")
+        xp = backend.get_array_module(x)
+        s = self.stride
+        y = xp.ascontiguousarray(x[:, :, ::s, ::s])
+        self._saved = (x.shape, y.shape, y.dtype)
+        return y
+
+    def backward(self, gy):
+        xshape, yshape, dtype = self._saved_or_raise(self._saved)
+        check_grad_output(gy, yshape, dtype, where="Subsample2d.backward")
+        xp = backend.get_array_module(gy)
+        s = self.stride
+        gx = xp.zeros(xshape, dtype=gy.dtype)
+        gx[:, :, ::s, ::s] = gy
+        return gx
+
+    def extra_repr(self):
+        return f"stride={self.stride}"
+
+
+class ShortcutA(Module):
+    """He et al.'s option-A shortcut: ``x[:, :, ::s, ::s]`` with ``out_channels - in_channels``
+    zero channels added (half before, half after). No parameters.
+
+    Shapes: x (N, Cin, H, W) -> y (N, Cout, ceil(H/s), ceil(W/s)).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError(f"ShortcutA: out_channels: expected >= in_channels={in_channels}, got {out_channels}")
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.pad_before = (out_channels - in_channels) // 2
+        self._saved = None
+
+    def forward(self, x):
+        check_array(x, "x", ndim=4, where="ShortcutA.forward", channels=self.in_channels)
+        xp = backend.get_array_module(x)
+        s, a = self.stride, self.pad_before
+        xs = x[:, :, ::s, ::s]
+        y = xp.zeros((x.shape[0], self.out_channels) + xs.shape[2:], dtype=x.dtype)
+        y[:, a:a + self.in_channels] = xs
+        self._saved = (x.shape, y.shape, y.dtype)
+        return y
+
+    def backward(self, gy):
+        xshape, yshape, dtype = self._saved_or_raise(self._saved)
+        check_grad_output(gy, yshape, dtype, where="ShortcutA.backward")
+        xp = backend.get_array_module(gy)
+        s, a = self.stride, self.pad_before
+        gx = xp.zeros(xshape, dtype=gy.dtype)
+        gx[:, :, ::s, ::s] = gy[:, a:a + self.in_channels]
+        return gx
+
+    def extra_repr(self):
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+class Identity(Module):
+    """``y = x`` (the shortcut of a block that keeps its shape)."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, gy):
+        return gy
+
+
+def _layers():
+    """The layer classes (imported lazily from their submodules)."""
+    from .layers.activation import Flatten, ReLU
+    from .layers.batchnorm import BatchNorm2d
+    from .layers.conv import Conv2d
+    from .layers.linear import Linear
+    from .layers.pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+    return dict(Flatten=Flatten, ReLU=ReLU, BatchNorm2d=BatchNorm2d, Conv2d=Conv2d, Linear=Linear,
+                AvgPool2d=AvgPool2d, GlobalAvgPool2d=GlobalAvgPool2d, MaxPool2d=MaxPool2d)
+
+
+def make_pool(pool: str, channels: int, **pool_kw) -> Module:
+    """One 2x2, stride-2 local pooling of kind ``pool`` over ``channels`` channels."""
+    if pool not in POOLS:
+        raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+    if pool in _MAXENT_LAM:
+        if "lam" in pool_kw:
+            raise ValueError(f"pool={pool!r} sets lam={_MAXENT_LAM[pool]!r}; pass another pool name instead of"
+                             f" lam={pool_kw['lam']!r}")
+        from .layers.maxent.layer import MaxEntPool2d
+        return MaxEntPool2d(channels, kernel_size=2, stride=2, lam=_MAXENT_LAM[pool], **pool_kw)
+    if pool_kw:
+        raise ValueError(f"pool={pool!r} takes no options, got {sorted(pool_kw)} (they are for the max-entropy"
+                         f" pools: {sorted(_MAXENT_LAM)})")
+    L = _layers()
+    if pool == "max":
+        return L["MaxPool2d"](2, 2)
+    if pool == "avg":
+        return L["AvgPool2d"](2, 2)
+    return Subsample2d(2)
+
+
+def _w(c: int, width: float) -> int:
+    return max(1, int(round(c * width)))
+
+
+def _check_width(width):
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+        raise ValueError(f"width: expected a number > 0, got {width!r}")
+
+
+def _conv_bn_relu(L, cin, cout, stride=1):
+    return [L["Conv2d"](cin, cout, 3, stride=stride, padding=1, bias=False), L["BatchNorm2d"](cout), L["ReLU"]()]
+
+
+def _named(layers: list[tuple[str, Module]]) -> Sequential:
+    """A Sequential whose children carry readable names (``conv1``, ``pool1``, ``fc``...)."""
+    seq = Sequential()
+    for name, layer in layers:
+        if name in seq._modules:
+            raise ValueError(f"duplicate layer name {name!r}")
+        setattr(seq, name, layer)
+    return seq
+
+
+def _plain_cnn(widths_and_pools, pool, num_classes, width, pool_kw) -> Sequential:
+    L = _layers()
+    layers, cin, nconv, npool = [], 3, 0, 0
+    for item in widths_and_pools:
+        if item == "P":
+            npool += 1
+            layers.append((f"pool{npool}", make_pool(pool, cin, **pool_kw)))
+            continue
+        nconv += 1
+        cout = _w(item, width)
+        conv, bn, relu = _conv_bn_relu(L, cin, cout)
+        layers += [(f"conv{nconv}", conv), (f"bn{nconv}", bn), (f"relu{nconv}", relu)]
+        cin = cout
+    layers += [("gap", L["GlobalAvgPool2d"]()), ("flatten", L["Flatten"]()), ("fc", L["Linear"](cin, num_classes))]
+    return _named(layers)
+
+
+@register_model("tiny")
+def tiny(pool: str = "max", num_classes: int = 10, width: float = 1.0, **pool_kw) -> Sequential:
+    """Three conv-BN-ReLU-pool blocks (32, 64, 128 channels), global average pool, linear."""
+    return _plain_cnn([32, "P", 64, "P", 128, "P"], pool, num_classes, width, pool_kw)
+
+
+@register_model("vgg11")
+def vgg11(pool: str = "max", num_classes: int = 10, width: float = 1.0, **pool_kw) -> Sequential:
+    """VGG-11 for CIFAR with BN: 64-P-128-P-256-256-P-512-512-P-512-512-P, GAP, linear."""
+    cfg = [64, "P", 128, "P", 256, 256, "P", 512, 512, "P", 512, 512, "P"]
+    return _plain_cnn(cfg, pool, num_classes, width, pool_kw)
+
+
+class BasicBlock(Module):
+    """ResNet basic block: ``relu(bn2(conv2(P(relu(bn1(conv1(x)))))) + shortcut(x))``.
+
+    ``P`` is an optional local pooling (the block then downsamples by it, with a stride-1 conv1);
+    without it, ``stride`` goes to conv1. The shortcut is the identity when the shape is kept,
+    else option A (:class:`ShortcutA`). Shapes: x (N, Cin, H, W) -> (N, Cout, H/s, W/s).
+
+    Backward is written from the children's: the gradient through the final ReLU goes both to the
+    main path (bn2, conv2, P, relu1, bn1, conv1 in reverse) and to the shortcut; the two input
+    gradients add.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, pool: Module | None = None):
+        super().__init__()
+        L = _layers()
+        down = stride if pool is None else 1
+        self.conv1 = L["Conv2d"](in_channels, out_channels, 3, stride=down, padding=1, bias=False)
+        self.bn1 = L["BatchNorm2d"](out_channels)
+        self.relu1 = L["ReLU"]()
+        if pool is not None:
+            self.pool = pool
+        self.conv2 = L["Conv2d"](out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = L["BatchNorm2d"](out_channels)
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = ShortcutA(in_channels, out_channels, stride)
+        else:
+            self.shortcut = Identity()
+        self.relu2 = L["ReLU"]()
+        self.has_pool = pool is not None
+
+    def _main(self):
+        mods = [self.conv1, self.bn1, self.relu1]
+        if self.has_pool:
+            mods.append(self.pool)
+        return mods + [self.conv2, self.bn2]
+
+    def forward(self, x):
+        h = x
+        for m in self._main():
+            h = m.forward(h)
+        s = self.shortcut.forward(x)
+        if h.shape != s.shape:
+            raise ValueError(f"BasicBlock.forward: main path gives {tuple(h.shape)} but the shortcut gives"
+                             f" {tuple(s.shape)} for input {tuple(x.shape)} (use even spatial sizes)")
+        return self.relu2.forward(h + s)
+
+    def backward(self, gy):
+        g = self.relu2.backward(gy)
+        gx = g
+        for m in reversed(self._main()):
+            gx = m.backward(gx)
+        return gx + self.shortcut.backward(g)
+
+
+@register_model("resnet20")
+def resnet20(pool: str = "max", num_classes: int = 10, width: float = 1.0, **pool_kw) -> Sequential:
+    """He et al.'s ResNet-20 for CIFAR (3 stages x 3 BasicBlocks, 16/32/64 channels, option-A
+    shortcuts). With ``pool != "skip"`` the two downsampling blocks use a stride-1 conv1 followed
+    by the chosen 2x2 pool."""
+    if pool not in POOLS:
+        raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+    if pool == "skip" and pool_kw:
+        make_pool(pool, 1, **pool_kw)  # raises the clear error
+    L = _layers()
+    c0 = _w(16, width)
+    conv, bn, relu = _conv_bn_relu(L, 3, c0)
+    layers = [("conv", conv), ("bn", bn), ("relu", relu)]
+    cin = c0
+    for stage, c in enumerate((16, 32, 64), start=1):
+        cout = _w(c, width)
+        blocks = Sequential()
+        for b in range(3):
+            stride = 2 if (stage > 1 and b == 0) else 1
+            p = make_pool(pool, cout, **pool_kw) if (stride == 2 and pool != "skip") else None
+            blocks.append(BasicBlock(cin, cout, stride, pool=p))
+            cin = cout
+        layers.append((f"stage{stage}", blocks))
+    layers += [("gap", L["GlobalAvgPool2d"]()), ("flatten", L["Flatten"]()), ("fc", L["Linear"](cin, num_classes))]
+    return _named(layers)
+
+
+def build_model(name: str, pool: str = "max", num_classes: int = 10, width: float = 1.0, **pool_kw) -> Module:
+    """Build a registered model (``tiny``, ``vgg11``, ``resnet20``) with every local pooling of
+    kind ``pool`` (see the module docstring); ``pool_kw`` go to MaxEntPool2d.
+
+    Weights are drawn from ``minignn.init``'s generator: call ``minignn.init.manual_seed`` first
+    for a reproducible model. Returns a Module in training mode (float32, on the CPU).
+    """
+    if name not in MODELS:
+        raise ValueError(f"model: expected one of {tuple(MODELS)}, got {name!r}")
+    if pool not in POOLS:
+        raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes: expected an integer >= 1, got {num_classes!r}")
+    _check_width(width)
+    return MODELS[name](pool=pool, num_classes=int(num_classes), width=width, **pool_kw)
+
+
+def pooling_layers(model: Module) -> list[tuple[str, Module]]:
+    """(name, module) of every max-entropy pooling layer (those that keep ``last_lam``), in order."""
+    return [(n, m) for n, m in model.named_modules() if hasattr(m, "last_lam")]
+
+
+def count_parameters(model: Module) -> int:
+    return int(sum(int(np.prod(p.shape)) for p in model.parameters()))

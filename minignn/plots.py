@@ -1,0 +1,115 @@
+"""PNG plots of a run: loss and accuracy curves, and the distribution of lam per max-entropy
+pooling layer (the GFGP paper's Fig. 3 style).
+
+Figures are built with matplotlib's object API on the Agg canvas (no pyplot, no global backend
+switch), so these functions work on a machine without a display and leave a notebook's own
+matplotlib setup alone. Each function saves a PNG and returns its path; the ``*_figure``
+variants return the Figure (a notebook shows it inline).
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+
+def _figure(ncols: int, nrows: int = 1, panel=(4.6, 3.4)):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(panel[0] * ncols, panel[1] * nrows), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _save(fig, path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fig.savefig(path, dpi=110, format="png")
+    return path
+
+
+def curves_figure(history: Sequence[Mapping], title: str | None = None):
+    """Loss (left) and accuracy in % (right) per epoch, train and test.
+
+    ``history``: the per-epoch records of a run (``metrics.jsonl`` lines), each with ``epoch``,
+    ``train_loss``, ``test_loss``, ``train_acc`` and ``test_acc`` (fractions)."""
+    if not history:
+        raise ValueError("curves_figure: history: expected at least one epoch record, got none")
+    ep = [r["epoch"] for r in history]
+    fig, ax = _figure(2)
+    a, b = ax[0, 0], ax[0, 1]
+    a.plot(ep, [r["train_loss"] for r in history], "o-", label="train")
+    a.plot(ep, [r["test_loss"] for r in history], "s-", label="test")
+    a.set_xlabel("epoch")
+    a.set_ylabel("cross-entropy loss")
+    a.set_title("loss")
+    b.plot(ep, [100 * r["train_acc"] for r in history], "o-", label="train")
+    b.plot(ep, [100 * r["test_acc"] for r in history], "s-", label="test")
+    best = max(history, key=lambda r: r["test_acc"])
+    b.annotate(f"{100 * best['test_acc']:.2f}%", (best["epoch"], 100 * best["test_acc"]),
+               textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    b.set_xlabel("epoch")
+    b.set_ylabel("accuracy (%)")
+    b.set_title("accuracy")
+    for x in (a, b):
+        x.grid(alpha=0.3)
+        x.legend()
+        if len(ep) <= 20:
+            x.set_xticks(ep)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_curves(history: Sequence[Mapping], path: str, title: str | None = None) -> str:
+    """Save :func:`curves_figure` as a PNG at ``path``; returns the path."""
+    return _save(curves_figure(history, title), path)
+
+
+def lam_figure(lam: Mapping[str, np.ndarray], title: str | None = None, bins: int = 50):
+    """One histogram panel per pooling layer of the lam values seen over a set of images.
+
+    ``lam``: layer name -> 1-D array of lam values (any shape is flattened), in network order.
+    A value of lam near 0 pools like an average, a large positive lam like a max."""
+    if not lam:
+        raise ValueError("lam_figure: lam: expected at least one pooling layer, got none")
+    names = list(lam)
+    ncols = min(len(names), 5)
+    nrows = -(-len(names) // ncols)
+    fig, ax = _figure(ncols, nrows, panel=(3.4, 2.8))
+    for k, name in enumerate(names):
+        a = ax[k // ncols, k % ncols]
+        v = np.asarray(lam[name], dtype=np.float64).reshape(-1)
+        v = v[np.isfinite(v)]
+        if v.size:
+            lo, hi = float(v.min()), float(v.max())
+            if hi - lo < 1e-6:
+                lo, hi = lo - 0.5, hi + 0.5
+            a.hist(v, bins=bins, range=(lo, hi), weights=np.full(v.size, 1.0 / v.size), color="tab:blue", alpha=0.85)
+            a.axvline(float(v.mean()), color="tab:red", lw=1, label=f"mean {v.mean():.3g}")
+            a.legend(fontsize=7)
+        a.set_title(f"{name} ({v.size:,} values)", fontsize=9)
+        a.set_xlabel("lam")
+        a.set_ylabel("fraction of values")
+        a.grid(alpha=0.3)
+    for k in range(len(names), nrows * ncols):
+        ax[k // ncols, k % ncols].set_axis_off()
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_lam_histograms(lam: Mapping[str, np.ndarray], path: str, title: str | None = None, bins: int = 50) -> str:
+    """Save :func:`lam_figure` as a PNG at ``path``; returns the path."""
+    return _save(lam_figure(lam, title, bins), path)
+
+
+def read_metrics(path: str) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file (or a run folder holding one)."""
+    import json
+    if os.path.isdir(path):
+        path = os.path.join(path, "metrics.jsonl")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,609 @@
+"""The training loop: SGD + schedule + label smoothing, evaluation every epoch, metrics, exact
+resume from checkpoints, Ctrl-C handling, plots and a summary.
+
+Use it from Python::
+
+    from minignn.train import TrainConfig, Trainer
+    summary = Trainer(TrainConfig(model="tiny", pool="gfgp", epochs=10)).run()
+
+or from the shell with ``minignn train`` (see :mod:`minignn.cli`).
+
+What a run writes, in its folder (``runs/<model>-<pool>-<dataset>-<timestamp>`` by default):
+
+* ``config.json``: the settings;
+* ``metrics.jsonl``: one JSON object per finished epoch (losses, accuracies, learning rate,
+  times, images/s, and for max-entropy pooling the mean and std of lam per pooling layer);
+* ``checkpoint.npz``: the latest position (see :mod:`minignn.checkpoint`): parameters and
+  buffers, optimizer state (momentum buffers), schedule settings and global step, epoch and step
+  within the epoch, the library's RNG state, the metrics history and the config; written at the
+  end of every epoch, every ``checkpoint_every`` steps, and on Ctrl-C;
+* ``best.npz``: the parameters and buffers of the epoch with the best test accuracy;
+* ``curves.png`` (loss and accuracy), and for max-entropy pooling ``lam.png`` (the distribution
+  of lam per pooling layer over the test set) and ``lam.npz`` (the sampled values);
+* ``summary.json``: best and final accuracy, time per epoch.
+
+Exact resume
+------------
+Every source of randomness is a pure function of saved state: the batches (order and
+augmentation) are a function of ``(seed, epoch, batch index)`` (see
+:class:`minignn.data.BatchLoader`), the learning rate a function of the global step
+(:mod:`minignn.schedule`), and Dropout draws from ``minignn.init``'s generator, whose state is
+saved. On the same device, a run stopped after any step and resumed ends with weights equal, bit
+for bit, to those of an uninterrupted run.
+
+Ctrl-C
+------
+While a run is going, the first Ctrl-C (SIGINT) does not stop the step in flight: the run stops
+at the next step boundary, writes ``checkpoint.npz`` at that exact position and raises
+KeyboardInterrupt (the CLI exits with status 130 and prints the resume command). A second Ctrl-C
+stops at once, keeping the previous checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import backend, init
+from .checkpoint import load_checkpoint, save_checkpoint
+from .loss import SoftmaxCrossEntropy
+from .models import MODELS, POOLS, build_model, count_parameters, pooling_layers
+from .optim import SGD
+from .schedule import SCHEDULES, make_schedule
+
+CHECKPOINT = "checkpoint.npz"
+BEST = "best.npz"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (saved in every checkpoint; a resumed run uses it unchanged).
+
+    Defaults are the recipe of ``minignn train``: the tiny net with GFGP pooling on CIFAR-10,
+    batch 128, 10 epochs, SGD momentum 0.9 Nesterov, weight decay 5e-4, one-cycle to lr 0.1,
+    random crop + flip.
+    """
+
+    model: str = "tiny"
+    pool: str = "gfgp"
+    dataset: str = "cifar10"
+    data_dir: str | None = None
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    schedule: str = "onecycle"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    augment: bool = True
+    seed: int = 0
+    device: str = "cpu"
+    limit_train: int | None = None
+    limit_test: int | None = None
+    width: float = 1.0
+    pool_kw: dict = field(default_factory=dict)
+    schedule_kw: dict = field(default_factory=dict)
+    eval_batch_size: int | None = None
+    drop_last: bool = False
+    checkpoint_every: int = 200
+    download: bool = True
+
+    def validate(self) -> "TrainConfig":
+        def pos_int(name, v, minimum=1):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+                raise ValueError(f"{name}: expected an integer >= {minimum}, got {v!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"model: expected one of {tuple(MODELS)}, got {self.model!r}")
+        if self.pool not in POOLS:
+            raise ValueError(f"pool: expected one of {POOLS}, got {self.pool!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
+        pos_int("epochs", self.epochs)
+        pos_int("batch_size", self.batch_size)
+        pos_int("seed", self.seed, 0)
+        pos_int("checkpoint_every", self.checkpoint_every, 0)
+        for name in ("limit_train", "limit_test", "eval_batch_size"):
+            if getattr(self, name) is not None:
+                pos_int(name, getattr(self, name))
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing: expected a number in [0, 1), got {self.label_smoothing!r}")
+        if self.device not in backend.DEVICES:
+            raise ValueError(f"device: expected one of {backend.DEVICES}, got {self.device!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown settings {sorted(unknown)}")
+        return cls(**d)
+
+
+# --- small helpers ------------------------------------------------------------------------------
+def _progress(total, desc, enabled, unit="img"):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False, dynamic_ncols=True,
+                smoothing=0.1)
+
+
+def _fmt_time(s: float) -> str:
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
+
+
+def _write_text_atomic(path: str, text: str):
+    tmp = f"{path}.part"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _InterruptGuard:
+    """Turns the first SIGINT into a flag checked at step boundaries (a second one raises at once).
+
+    Installed only in the main thread (elsewhere Python does not deliver signals to handlers)."""
+
+    def __init__(self, log):
+        self.requested = False
+        self._old = None
+        self._log = log
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            signal.signal(signal.SIGINT, self._old or signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+        self._log("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to quit at once)")
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+        return False
+
+    def check(self):
+        if self.requested:
+            raise KeyboardInterrupt
+
+
+class _LamRecorder:
+    """Per pooling layer: running mean/std of lam over an evaluation and an evenly strided sample
+    of its values (at most ``cap`` per layer) for histograms."""
+
+    def __init__(self, layers, num_batches: int, cap: int = 100_000):
+        self.layers = layers
+        self.per_batch = max(1, math.ceil(cap / max(1, num_batches)))
+        self.stats = {n: [0.0, 0.0, 0] for n, _ in layers}
+        self.samples = {n: [] for n, _ in layers}
+
+    def record(self, batch_index: int):
+        for name, m in self.layers:
+            lam = getattr(m, "last_lam", None)
+            if lam is None:
+                continue
+            v = np.asarray(backend.to_numpy(lam), dtype=np.float64).reshape(-1)
+            st = self.stats[name]
+            st[0] += float(v.sum())
+            st[1] += float((v * v).sum())
+            st[2] += v.size
+            stride = max(1, math.ceil(v.size / self.per_batch))
+            self.samples[name].append(v[(batch_index % stride)::stride].astype(np.float32))
+
+    def summary(self) -> dict:
+        out = {}
+        for name, (s1, s2, n) in self.stats.items():
+            if n:
+                mean = s1 / n
+                out[name] = {"mean": mean, "std": math.sqrt(max(s2 / n - mean * mean, 0.0))}
+        return out
+
+    def values(self) -> dict:
+        return {n: np.concatenate(v) for n, v in self.samples.items() if v}
+
+
+def evaluate(model, loader, device: str = "cpu", criterion=None, progress: bool = False, desc: str = "eval",
+             collect_lam: bool = False, guard=None) -> dict:
+    """Loss and accuracy of ``model`` (put in eval mode) over every batch of ``loader`` (epoch 0).
+
+    Returns ``{"loss", "acc", "n", "time", "lam_stats", "lam"}``; ``lam_stats`` maps each
+    max-entropy pooling layer to the mean and std of its lam over the set and ``lam`` to a sample
+    of the values (both empty without ``collect_lam`` or without such layers).
+    """
+    criterion = criterion or SoftmaxCrossEntropy()
+    model.eval()
+    nb = loader.num_batches(0)
+    rec = _LamRecorder(pooling_layers(model), nb) if collect_lam else None
+    loss_sum, correct, seen = 0.0, 0, 0
+    t0 = time.perf_counter()
+    with _progress(loader.num_samples, desc, progress) as bar:
+        for i, (x, y) in enumerate(loader.batches(0)):
+            x, y = backend.to_device(x, device), backend.to_device(y, device)
+            logits = model.forward(x)
+            n = int(y.shape[0])
+            loss_sum += criterion.forward(logits, y) * n
+            correct += SoftmaxCrossEntropy.accuracy_count(logits, y)
+            seen += n
+            if rec is not None:
+                rec.record(i)
+            bar.update(n)
+            bar.set_postfix(acc=f"{100.0 * correct / seen:.2f}%", refresh=False)
+            if guard is not None:
+                guard.check()
+    return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "n": seen,
+            "time": time.perf_counter() - t0,
+            "lam_stats": rec.summary() if rec else {}, "lam": rec.values() if rec else {}}
+
+
+def default_run_dir(config: TrainConfig, root: str = "runs") -> str:
+    """``runs/<model>-<pool>-<dataset>-<YYYYmmdd-HHMMSS>`` (with a suffix if it exists)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = os.path.join(root, f"{config.model}-{config.pool}-{config.dataset}-{stamp}")
+    path, k = base, 1
+    while os.path.exists(path):
+        k += 1
+        path = f"{base}-{k}"
+    return path
+
+
+def load_data(config: TrainConfig, progress: bool = True):
+    """The dataset of ``config`` with its limits applied."""
+    from .data import load_dataset
+    ds = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download, progress=progress)
+    if config.limit_train is not None or config.limit_test is not None:
+        ds = ds.limit(config.limit_train if config.limit_train is None else min(config.limit_train, len(ds.y_train)),
+                      config.limit_test if config.limit_test is None else min(config.limit_test, len(ds.y_test)))
+    return ds
+
+
+def model_from_config(config: TrainConfig, num_classes: int):
+    """Seed ``minignn.init`` with the config's seed and build its model (the same weights every time)."""
+    init.manual_seed(config.seed)
+    return build_model(config.model, pool=config.pool, num_classes=num_classes, width=config.width,
+                       **config.pool_kw)
+
+
+# --- the trainer --------------------------------------------------------------------------------
+class Trainer:
+    """One training run (fresh, or resumed with :meth:`from_checkpoint`).
+
+    Parameters
+    ----------
+    config : TrainConfig
+    out : str or None
+        The run folder (created); default :func:`default_run_dir`.
+    progress : bool
+        Progress bars (tqdm) on the training and evaluation loops.
+    plots : bool
+        Write the PNG plots at the end of the run.
+    log : callable(str)
+        Where the per-epoch lines and the summary go (default: print via tqdm.write).
+    dataset : Dataset or None
+        Use this dataset instead of loading ``config.dataset`` (limits still apply).
+    """
+
+    def __init__(self, config: TrainConfig, out: str | None = None, progress: bool = True, plots: bool = True,
+                 log=None, dataset=None, _state: dict | None = None):
+        self.config = config.validate()
+        backend.check_device(config.device)  # the clear error for --device gpu without a GPU
+        self.progress, self.plots = progress, plots
+        self.log = log or _default_log
+        self.out = out or default_run_dir(config)
+        ds = dataset if dataset is not None else load_data(config, progress)
+        if dataset is not None and (config.limit_train is not None or config.limit_test is not None):
+            ds = ds.limit(config.limit_train, config.limit_test)
+        self.dataset = ds
+        self.model = model_from_config(config, ds.num_classes)
+        _skip_first_input_grad(self.model)
+        if config.device != "cpu":
+            self.model.to(config.device)
+        self.criterion = SoftmaxCrossEntropy(config.label_smoothing)
+        self.optimizer = SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
+                             nesterov=config.nesterov, weight_decay=config.weight_decay)
+        self.train_loader = self._loader(ds.x_train, ds.y_train, config.batch_size, True)
+        self.test_loader = self._loader(ds.x_test, ds.y_test, config.eval_batch_size or config.batch_size, False)
+        self.steps_per_epoch = self.train_loader.num_batches(0)
+        self.schedule = make_schedule(config.schedule, config.lr, config.epochs, self.steps_per_epoch,
+                                      **config.schedule_kw)
+        # the position: steps done in `epoch`; step_in_epoch == steps_per_epoch means "eval pending"
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.accum = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+        self.history: list[dict] = []
+        self.best = {"acc": -1.0, "epoch": 0}
+        self._consistent = True
+        self._last_lam: dict = {}
+        if _state is not None:
+            self._restore(_state)
+
+    def _loader(self, x, y, batch_size, train):
+        from .data import BatchLoader
+        c = self.config
+        return BatchLoader(x, y, batch_size, train=train, augment=train and c.augment, mean=self.dataset.mean,
+                           std=self.dataset.std, seed=c.seed, drop_last=train and c.drop_last)
+
+    # --- checkpoints ----------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str | None = None, out: str | None = None, **kw) -> "Trainer":
+        """Resume the run saved in ``path`` (a checkpoint file, or a run folder holding
+        ``checkpoint.npz``). ``device`` may differ from the saved one (results then agree to
+        float rounding, not bit for bit). The run folder is the checkpoint's folder unless ``out``
+        is given."""
+        if os.path.isdir(path):
+            path = os.path.join(path, CHECKPOINT)
+        state = load_checkpoint(path)
+        if "position" not in state:
+            raise ValueError(f"resume: {path!r} holds model weights only (a best.npz?); resume from the run's"
+                             f" {CHECKPOINT}")
+        config = TrainConfig.from_dict(state["config"])
+        if device is not None:
+            config.device = device
+        return cls(config, out=out or os.path.dirname(os.path.abspath(path)), _state=state, **kw)
+
+    def state(self) -> dict:
+        return {
+            "kind": "train",
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": {"name": self.schedule.name, "base_lr": self.schedule.base_lr,
+                         "total_steps": self.schedule.total_steps, "options": self.schedule.options,
+                         "step": self.global_step},
+            "position": {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                         "global_step": self.global_step, "steps_per_epoch": self.steps_per_epoch},
+            "rng": {"minignn": init.get_rng_state()},
+            "accum": dict(self.accum),
+            "history": list(self.history),
+            "best": dict(self.best),
+            "num_classes": self.dataset.num_classes,
+            "classes": list(self.dataset.classes),
+            "minignn_version": _version(),
+            "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+
+    def _restore(self, s: dict):
+        pos = s["position"]
+        if pos["steps_per_epoch"] != self.steps_per_epoch:
+            raise ValueError(f"resume: the checkpoint has {pos['steps_per_epoch']} steps per epoch but the data now"
+                             f" give {self.steps_per_epoch}; resume with the same dataset and limits")
+        self.model.load_state_dict(s["model"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.epoch, self.step_in_epoch, self.global_step = pos["epoch"], pos["step_in_epoch"], pos["global_step"]
+        init.set_rng_state(s["rng"]["minignn"])
+        self.accum = dict(s["accum"])
+        self.history = list(s["history"])
+        self.best = dict(s["best"])
+
+    def save_checkpoint(self) -> str:
+        os.makedirs(self.out, exist_ok=True)
+        return save_checkpoint(os.path.join(self.out, CHECKPOINT), self.state())
+
+    @property
+    def checkpoint_path(self) -> str:
+        return os.path.join(self.out, CHECKPOINT)
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.config.epochs
+
+    # --- one step -------------------------------------------------------------------------------
+    def train_step(self, x, y) -> tuple[float, int]:
+        """One SGD step on a batch; returns (mean loss, number correct)."""
+        self.schedule.apply(self.optimizer, self.global_step)
+        self.optimizer.zero_grad()
+        logits = self.model.forward(x)
+        loss = self.criterion.forward(logits, y)
+        correct = SoftmaxCrossEntropy.accuracy_count(logits, y)
+        self.model.backward(self.criterion.backward())
+        self.optimizer.step()
+        return loss, correct
+
+    # --- the loop -------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Train to the end (from the current position); returns the summary dict."""
+        os.makedirs(self.out, exist_ok=True)
+        self._write_run_files()
+        c = self.config
+        if self.finished:
+            self.log(f"run already finished ({c.epochs} epochs): {self.out}")
+            return self._finish()
+        self.log(self._banner())
+        run_t0 = time.perf_counter()
+        with _InterruptGuard(self.log) as guard:
+            try:
+                while not self.finished:
+                    self._train_epoch(guard)
+                    self._end_epoch(guard, run_t0)
+            except KeyboardInterrupt:
+                self._on_interrupt()
+                raise
+        return self._finish()
+
+    def _train_epoch(self, guard):
+        c, e = self.config, self.epoch
+        nb = self.steps_per_epoch
+        if self.step_in_epoch >= nb:
+            return
+        self.model.train()
+        bs = c.batch_size
+        done_imgs = min(self.step_in_epoch * bs, self.train_loader.num_samples)
+        with _progress(self.train_loader.num_samples, f"epoch {e + 1}/{c.epochs} train", self.progress) as bar:
+            bar.update(done_imgs)
+            t_last = time.perf_counter()
+            for x, y in self.train_loader.batches(e, start=self.step_in_epoch):
+                x, y = backend.to_device(x, c.device), backend.to_device(y, c.device)
+                self._consistent = False
+                loss, correct = self.train_step(x, y)
+                n = int(y.shape[0])
+                self.step_in_epoch += 1
+                self.global_step += 1
+                self.accum["loss_sum"] += loss * n
+                self.accum["correct"] += correct
+                self.accum["seen"] += n
+                now = time.perf_counter()
+                self.accum["time"] += now - t_last
+                t_last = now
+                self._consistent = True
+                bar.update(n)
+                bar.set_postfix(loss=f"{self.accum['loss_sum'] / self.accum['seen']:.3f}",
+                                acc=f"{100.0 * self.accum['correct'] / self.accum['seen']:.1f}%",
+                                lr=f"{self.optimizer.lr:.4f}", refresh=False)
+                if c.checkpoint_every and self.global_step % c.checkpoint_every == 0 and self.step_in_epoch < nb:
+                    self.save_checkpoint()
+                guard.check()
+                t_last = time.perf_counter()  # checkpoint writes do not count as training time
+
+    def _end_epoch(self, guard, run_t0):
+        c, e = self.config, self.epoch
+        has_lam = bool(pooling_layers(self.model))
+        ev = evaluate(self.model, self.test_loader, c.device, self.criterion, progress=self.progress,
+                      desc=f"epoch {e + 1}/{c.epochs} eval", collect_lam=has_lam, guard=guard)
+        a = self.accum
+        rec = {
+            "epoch": e + 1,
+            "step": self.global_step,
+            "lr": self.optimizer.lr,
+            "train_loss": a["loss_sum"] / max(a["seen"], 1),
+            "train_acc": a["correct"] / max(a["seen"], 1),
+            "test_loss": ev["loss"],
+            "test_acc": ev["acc"],
+            "train_time": a["time"],
+            "eval_time": ev["time"],
+            "epoch_time": a["time"] + ev["time"],
+            "train_images_per_s": a["seen"] / a["time"] if a["time"] > 0 else None,
+        }
+        if ev["lam_stats"]:
+            rec["lam"] = ev["lam_stats"]
+        self._last_lam = ev["lam"]
+        self.history.append(rec)
+        improved = ev["acc"] > self.best["acc"]
+        if improved:
+            self.best = {"acc": ev["acc"], "epoch": e + 1}
+        self.epoch, self.step_in_epoch = e + 1, 0
+        self.accum = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+        self.save_checkpoint()
+        if improved:
+            save_checkpoint(os.path.join(self.out, BEST), {
+                "kind": "weights", "config": self.config.to_dict(), "model": self.model.state_dict(),
+                "epoch": e + 1, "test_acc": ev["acc"], "num_classes": self.dataset.num_classes,
+                "classes": list(self.dataset.classes)})
+        with open(os.path.join(self.out, METRICS), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if ev["lam"]:
+            np.savez(os.path.join(self.out, "lam.npz"), **ev["lam"])
+        elapsed = time.perf_counter() - run_t0
+        left = c.epochs - self.epoch
+        eta = f", run ETA {_fmt_time(elapsed / max(1, len(self.history)) * left)}" if left else ""
+        ips = rec["train_images_per_s"]
+        speed = f" ({ips:.0f} img/s)" if ips else ""
+        self.log(f"epoch {e + 1}/{c.epochs}  train loss {rec['train_loss']:.4f} acc {100 * rec['train_acc']:.2f}%"
+                 f"  test loss {rec['test_loss']:.4f} acc {100 * rec['test_acc']:.2f}%"
+                 f"  lr {rec['lr']:.4g}  {rec['epoch_time']:.1f} s{speed}{eta}")
+
+    def _on_interrupt(self):
+        if self._consistent:
+            path = self.save_checkpoint()
+            self.log(f"\ninterrupted: saved {path} at epoch {self.epoch + 1}, step {self.step_in_epoch}"
+                     f"/{self.steps_per_epoch}\nresume with: minignn train --resume {path}")
+        else:
+            prev = self.checkpoint_path if os.path.exists(self.checkpoint_path) else None
+            self.log("\ninterrupted inside a training step: the model is between two steps, so no checkpoint"
+                     " was written" + (f"; the last one is {prev}" if prev else ""))
+
+    # --- files and summary ----------------------------------------------------------------------
+    def _write_run_files(self):
+        _write_text_atomic(os.path.join(self.out, "config.json"), json.dumps(self.config.to_dict(), indent=2) + "\n")
+        # the checkpoint's history is the truth: rewrite metrics.jsonl from it (drops lines an
+        # interrupted run may have written after its last checkpoint)
+        _write_text_atomic(os.path.join(self.out, METRICS), "".join(json.dumps(r) + "\n" for r in self.history))
+
+    def _banner(self) -> str:
+        c, ds = self.config, self.dataset
+        where = (f"resuming at epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch}"
+                 if self.global_step else "starting")
+        return (f"minignn train: {c.model} (pool={c.pool}, {count_parameters(self.model):,} parameters) on {ds.name}"
+                f" ({len(ds.y_train)} train / {len(ds.y_test)} test images), {c.epochs} epochs x"
+                f" {self.steps_per_epoch} steps of {c.batch_size}, {c.schedule} lr {c.lr}, device {c.device};"
+                f" {where}\nrun folder: {self.out}")
+
+    def _finish(self) -> dict:
+        h = self.history
+        files = [os.path.join(self.out, f) for f in (METRICS, CHECKPOINT, BEST)]
+        if self.plots and h:
+            from . import plots
+            files.append(plots.plot_curves(h, os.path.join(self.out, "curves.png"),
+                                           title=f"{self.config.model} / {self.config.pool} / {self.dataset.name}"))
+            lam = self._last_lam
+            if not lam and os.path.exists(os.path.join(self.out, "lam.npz")):
+                with np.load(os.path.join(self.out, "lam.npz")) as z:
+                    lam = {k: z[k] for k in z.files}
+            if lam:
+                files.append(plots.plot_lam_histograms(lam, os.path.join(self.out, "lam.png"),
+                                                       title=f"lam per pooling layer ({self.config.model},"
+                                                             f" {self.config.pool}, test set)"))
+        summary = {
+            "run_dir": self.out,
+            "epochs": len(h),
+            "final_test_acc": h[-1]["test_acc"] if h else None,
+            "best_test_acc": self.best["acc"] if h else None,
+            "best_epoch": self.best["epoch"] if h else None,
+            "final_train_loss": h[-1]["train_loss"] if h else None,
+            "mean_epoch_time": float(np.mean([r["epoch_time"] for r in h])) if h else None,
+            "mean_train_time": float(np.mean([r["train_time"] for r in h])) if h else None,
+            "files": [f for f in files if os.path.exists(f)],
+        }
+        _write_text_atomic(os.path.join(self.out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+        if h:
+            self.log(f"\ndone: final test acc {100 * summary['final_test_acc']:.2f}%, best"
+                     f" {100 * summary['best_test_acc']:.2f}% (epoch {summary['best_epoch']}),"
+                     f" {summary['mean_epoch_time']:.1f} s per epoch"
+                     f" ({summary['mean_train_time']:.1f} s of it training)\nresults in {self.out}/: "
+                     + ", ".join(os.path.basename(f) for f in summary["files"]))
+        return summary
+
+
+def _skip_first_input_grad(model):
+    """Training never needs d loss / d image: let the first convolution skip computing it."""
+    for m in model.modules():
+        if hasattr(m, "needs_input_grad"):
+            m.needs_input_grad = False
+            return
+
+
+def _default_log(msg: str):
+    from tqdm.auto import tqdm
+    tqdm.write(msg)
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def train(config: TrainConfig | None = None, out: str | None = None, resume: str | None = None, **kw) -> dict:
+    """Run (or resume) a training run; returns the summary. ``kw`` go to :class:`Trainer`."""
+    if resume is not None:
+        return Trainer.from_checkpoint(resume, out=out, **kw).run()
+    return Trainer(config or TrainConfig(), out=out, **kw).run()

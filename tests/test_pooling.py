@@ -1,0 +1,333 @@
+"""MaxPool2d, AvgPool2d and GlobalAvgPool2d: Numba kernels vs the NumPy reference, gradients vs
+central differences, and every error case."""
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from helpers import assert_close, distinct_array, seeds
+
+from minignn import backend
+from minignn.gradcheck import gradcheck
+from minignn.layers.pooling import (AvgPool2d, GlobalAvgPool2d, MaxPool2d, argmax_dtype, avg_pool2d_backward,
+                                    avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward)
+from minignn.layers.pooling import cpu as pcpu
+from minignn.layers.pooling.reference import (avgpool2d_backward_ref, avgpool2d_forward_ref,
+                                              global_avgpool2d_backward_ref, global_avgpool2d_forward_ref,
+                                              maxpool2d_backward_ref, maxpool2d_forward_ref)
+
+# the `device` fixture is a plain string, so reusing it across generated inputs is safe
+device_ok = settings(suppress_health_check=list(settings().suppress_health_check) + [HealthCheck.function_scoped_fixture])
+dtypes = st.sampled_from([np.float32, np.float64])
+
+
+def tol(dtype):
+    return dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+
+
+def gpu_pending(device, call):
+    """Max/avg pooling have no GPU kernel yet: on a GPU the op must say so, naming itself."""
+    if device == "cpu":
+        return False
+    with pytest.raises(NotImplementedError, match="no GPU kernel yet"):
+        call()
+    return True
+
+
+@st.composite
+def geometries(draw, max_k=4):
+    """(x shape, kernel, stride, padding): any kernel, stride and padding < kernel, batch 1..3,
+    odd and non-square sizes, kernels that do not tile the input; one draw in four is the 2x2
+    stride-2 fast path."""
+    if draw(st.integers(0, 3)) == 0:
+        k, s, p = (2, 2), (2, 2), (0, 0)
+    else:
+        k = (draw(st.integers(1, max_k)), draw(st.integers(1, max_k)))
+        s = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+        p = (draw(st.integers(0, k[0] - 1)), draw(st.integers(0, k[1] - 1)))
+    h = draw(st.integers(max(1, k[0] - 2 * p[0]), k[0] + 7))
+    w = draw(st.integers(max(1, k[1] - 2 * p[1]), k[1] + 7))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), h, w)
+    return shape, k, s, p
+
+
+def window_offsets_to_flat(arg, x_shape, k, s, p):
+    """Kernel argmax (offset di*kw + dj inside the window) -> flat index h*W + w in the plane."""
+    ho, wo = arg.shape[2:]
+    di, dj = arg // k[1], arg % k[1]
+    h = np.arange(ho)[:, None] * s[0] - p[0] + di
+    w = np.arange(wo)[None, :] * s[1] - p[1] + dj
+    return h * x_shape[3] + w
+
+
+# ---------------------------------------------------------------------------------- max pooling
+@device_ok
+@given(geom=geometries(), dtype=dtypes, ties=st.booleans(), seed=seeds)
+def test_maxpool_matches_reference(device, geom, dtype, ties, seed):
+    shape, k, s, p = geom
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape)
+    if ties:  # few distinct values: the first maximum in row-major window order must win
+        x = np.round(x)
+    x = x.astype(dtype)
+    m = MaxPool2d(k, s, p)
+    xd = backend.to_device(x, device)
+    if gpu_pending(device, lambda: m.forward(xd)):
+        return
+    y = m.forward(xd)
+    y_ref, arg_ref = maxpool2d_forward_ref(x, k, s, p)
+    assert y.shape == y_ref.shape and y.dtype == dtype
+    assert_close(y, y_ref, rtol=0, atol=0, name="y")
+    _, arg = max_pool2d_forward(x, k, s, p)
+    assert arg.dtype == np.int8
+    np.testing.assert_array_equal(window_offsets_to_flat(arg.astype(np.int64), shape, k, s, p), arg_ref)
+
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx = m.backward(backend.to_device(gy, device))
+    assert gx.shape == shape and gx.dtype == dtype
+    assert_close(gx, maxpool2d_backward_ref(gy, arg_ref, shape), name="gx", **tol(dtype))
+
+
+@given(geom=geometries(max_k=3), seed=seeds)
+def test_maxpool_gradient_central_differences(geom, seed):
+    shape, k, s, p = geom
+    x = distinct_array(np.random.default_rng(seed), shape)  # no ties: the max is differentiable
+    assert gradcheck(MaxPool2d(k, s, p), x, max_checks=60, seed=seed)
+
+
+def test_maxpool_padding_never_wins():
+    """All-negative input with padding: a padded cell (-inf) must never be the max."""
+    x = -1.0 - np.arange(2 * 5 * 5, dtype=np.float64).reshape(1, 2, 5, 5)
+    y = MaxPool2d(3, 2, 1).forward(x)
+    y_ref, _ = maxpool2d_forward_ref(x, (3, 3), (2, 2), (1, 1))
+    assert np.all(np.isfinite(y)) and np.all(y < 0)
+    np.testing.assert_array_equal(y, y_ref)
+    assert y[0, 0, 0, 0] == -1.0  # the window at the top-left corner holds x[0, 0, 0:2, 0:2]
+
+
+def test_maxpool_overlapping_windows_accumulate():
+    """stride 1, kernel 3: the global max is in 9 windows and receives all of their gradients."""
+    x = np.zeros((1, 1, 5, 5))
+    x[0, 0, 2, 2] = 10.0
+    m = MaxPool2d(3, 1)
+    y = m.forward(x)
+    assert np.all(y == 10.0)
+    gx = m.backward(np.ones_like(y))
+    assert gx[0, 0, 2, 2] == 9.0 and gx.sum() == 9.0
+
+
+def test_maxpool_nan_propagates():
+    x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    x[0, 0, 0, 1] = np.nan
+    for k, s, p in [(2, 2, 0), (3, 1, 1)]:  # the 2x2 fast path and the general path
+        y = MaxPool2d(k, s, p).forward(x)
+        assert np.isnan(y[0, 0, 0, 0]), (k, s, p)
+        assert np.isnan(y).sum() == np.isnan(maxpool2d_forward_ref(x, (k, k), (s, s), (p, p))[0]).sum()
+
+
+def test_maxpool_large_kernel_uses_int32_offsets():
+    """Kernels of more than 127 cells do not fit int8 offsets."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 2, 13, 12))
+    y, arg = max_pool2d_forward(x, (12, 11), 1)
+    assert arg.dtype == np.int32 and argmax_dtype((12, 11)) == np.int32 and argmax_dtype(11) == np.int8
+    y_ref, arg_ref = maxpool2d_forward_ref(x, (12, 11), (1, 1), (0, 0))
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(window_offsets_to_flat(arg, x.shape, (12, 11), (1, 1), (0, 0)), arg_ref)
+    gy = rng.standard_normal(y.shape)
+    assert_close(max_pool2d_backward(gy, arg, x.shape, (12, 11), 1), maxpool2d_backward_ref(gy, arg_ref, x.shape))
+
+
+# ------------------------------------------------------------------------------ average pooling
+@device_ok
+@given(geom=geometries(), dtype=dtypes, seed=seeds)
+def test_avgpool_matches_reference(device, geom, dtype, seed):
+    shape, k, s, p = geom
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    m = AvgPool2d(k, s, p)
+    xd = backend.to_device(x, device)
+    if gpu_pending(device, lambda: m.forward(xd)):
+        return
+    y = m.forward(xd)
+    y_ref = avgpool2d_forward_ref(x, k, s, p)
+    assert y.shape == y_ref.shape and y.dtype == dtype
+    assert_close(y, y_ref, name="y", **tol(dtype))
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx = m.backward(backend.to_device(gy, device))
+    assert gx.shape == shape and gx.dtype == dtype
+    assert_close(gx, avgpool2d_backward_ref(gy, shape, k, s, p), name="gx", **tol(dtype))
+
+
+@given(geom=geometries(max_k=3), seed=seeds)
+def test_avgpool_gradient_central_differences(geom, seed):
+    shape, k, s, p = geom
+    x = np.random.default_rng(seed).standard_normal(shape)
+    assert gradcheck(AvgPool2d(k, s, p), x, max_checks=60, seed=seed)
+
+
+def test_avgpool_excludes_padding_from_the_count():
+    """count_include_pad=False: a constant input stays constant, corners included."""
+    x = np.full((1, 1, 4, 4), 3.0)
+    y = AvgPool2d(3, 2, 1).forward(x)
+    np.testing.assert_array_equal(y, np.full((1, 1, 2, 2), 3.0))
+    m = AvgPool2d(3, 1, 1)
+    m.forward(x)
+    gx = m.backward(np.ones((1, 1, 4, 4)))
+    # corner cell (0, 0) is in windows (0,0), (0,1), (1,0), (1,1), with 4, 6, 6, 9 real cells
+    assert gx[0, 0, 0, 0] == pytest.approx(1 / 4 + 2 / 6 + 1 / 9)
+
+
+def test_functional_pairs_match_the_layers():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 9, 7))
+    for layer, fwd in [(MaxPool2d(3, 2, 1), max_pool2d_forward), (AvgPool2d(3, 2, 1), avg_pool2d_forward)]:
+        y = layer.forward(x)
+        out = fwd(x, 3, 2, 1)
+        yf = out[0] if isinstance(out, tuple) else out
+        np.testing.assert_array_equal(y, yf)
+        gy = rng.standard_normal(y.shape)
+        gx = layer.backward(gy)
+        if isinstance(out, tuple):
+            gxf = max_pool2d_backward(gy, out[1], x.shape, 3, 2, 1)
+        else:
+            gxf = avg_pool2d_backward(gy, x.shape, 3, 2, 1)
+        np.testing.assert_array_equal(gx, gxf)
+
+
+def test_noncontiguous_input():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 6, 3, 2)).transpose(3, 2, 1, 0)  # (2, 3, 6, 5), not C-contiguous
+    for m, ref in [(MaxPool2d(2), lambda v: maxpool2d_forward_ref(v, (2, 2), (2, 2), (0, 0))[0]),
+                   (AvgPool2d(2), lambda v: avgpool2d_forward_ref(v, (2, 2), (2, 2), (0, 0)))]:
+        assert_close(m.forward(x), ref(np.ascontiguousarray(x)))
+        gy = rng.standard_normal((2, 3, 3, 2))[:, :, :, ::-1]  # a reversed, non-contiguous view
+        np.testing.assert_array_equal(m.backward(gy), m.backward(np.ascontiguousarray(gy)))
+
+
+@pytest.mark.parametrize("geom", [((2, 2), (2, 2), (0, 0)), ((3, 2), (2, 1), (1, 1))])
+def test_kernels_plain_python_fallback_agrees(geom):
+    """The kernels' Python source (what NUMBA_DISABLE_JIT=1 runs) gives the jitted results."""
+    k, s, p = geom
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 2, 5, 7))
+    ho, wo = (5 + 2 * p[0] - k[0]) // s[0] + 1, (7 + 2 * p[1] - k[1]) // s[1] + 1
+    outs = []
+    for f_max, f_maxb, f_avg, f_avgb in [(pcpu.maxpool2d_fwd_cpu, pcpu.maxpool2d_bwd_cpu, pcpu.avgpool2d_fwd_cpu,
+                                          pcpu.avgpool2d_bwd_cpu),
+                                         (pcpu.maxpool2d_fwd_cpu.py_func, pcpu.maxpool2d_bwd_cpu.py_func,
+                                          pcpu.avgpool2d_fwd_cpu.py_func, pcpu.avgpool2d_bwd_cpu.py_func)]:
+        y, arg, ya = np.empty((2, 2, ho, wo)), np.empty((2, 2, ho, wo), np.int8), np.empty((2, 2, ho, wo))
+        gx, gxa = np.full(x.shape, 7.0), np.full(x.shape, 7.0)  # garbage: the kernels must overwrite it
+        f_max(x, *k, *s, *p, y, arg)
+        f_maxb(y, arg, *k, *s, *p, gx)
+        f_avg(x, *k, *s, *p, ya)
+        f_avgb(ya, *k, *s, *p, gxa)
+        outs.append((y, arg, gx, ya, gxa))
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
+
+
+# ----------------------------------------------------------------------- global average pooling
+@device_ok
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 6), st.integers(1, 6)),
+       dtype=dtypes, seed=seeds)
+def test_global_avgpool_matches_reference(device, shape, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    m = GlobalAvgPool2d()
+    y = m.forward(backend.to_device(x, device))
+    assert y.shape == shape[:2] and y.dtype == dtype
+    assert_close(y, global_avgpool2d_forward_ref(x), name="y", **tol(dtype))
+    gy = rng.standard_normal(shape[:2]).astype(dtype)
+    gx = m.backward(backend.to_device(gy, device))
+    assert gx.shape == shape and gx.dtype == dtype
+    assert_close(gx, global_avgpool2d_backward_ref(gy, shape), name="gx", **tol(dtype))
+
+
+@given(shape=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 4), st.integers(1, 4)), seed=seeds)
+def test_global_avgpool_gradient_central_differences(shape, seed):
+    x = np.random.default_rng(seed).standard_normal(shape)
+    assert gradcheck(GlobalAvgPool2d(), x, seed=seed)
+
+
+# ----------------------------------------------------------------------------------- errors
+def test_construction_errors():
+    with pytest.raises(ValueError, match=r"MaxPool2d: padding: expected smaller than kernel_size \(2, 2\)"):
+        MaxPool2d(2, padding=2)
+    with pytest.raises(ValueError, match=r"AvgPool2d: padding: expected smaller than kernel_size \(3, 1\)"):
+        AvgPool2d((3, 1), padding=(1, 1))
+    with pytest.raises(ValueError, match="MaxPool2d: kernel_size: expected an integer >= 1"):
+        MaxPool2d(0)
+    with pytest.raises(ValueError, match="AvgPool2d: stride: expected an integer >= 1"):
+        AvgPool2d(2, stride=(1, 0))
+    with pytest.raises(ValueError, match="MaxPool2d: padding: expected an integer >= 0"):
+        MaxPool2d(3, padding=-1)
+    with pytest.raises(ValueError, match="kernel_size: expected an integer >= 1 or a pair"):
+        MaxPool2d(2.5)
+    assert MaxPool2d(3).stride == (3, 3) and AvgPool2d((2, 3), 1).stride == (1, 1)
+    assert "kernel_size=(2, 2)" in repr(MaxPool2d(2))
+
+
+@pytest.mark.parametrize("make", [lambda: MaxPool2d(2), lambda: AvgPool2d(2)], ids=["max", "avg"])
+def test_forward_and_backward_errors(make):
+    m = make()
+    name = type(m).__name__
+    x = np.zeros((2, 3, 4, 4), dtype=np.float32)
+    with pytest.raises(ValueError, match=rf"{name}.forward: x: expected a 4-D array .*got shape \(3, 4, 4\)"):
+        m.forward(x[0])
+    with pytest.raises(TypeError, match=rf"{name}.forward: x: expected dtype float32 or float64, got int64"):
+        m.forward(np.zeros((2, 3, 4, 4), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"kernel_size: expected at most the padded input W = 1 \+ 2\*0 = 1, got kernel W size 2"):
+        m.forward(np.zeros((2, 3, 4, 1), dtype=np.float32))
+    with pytest.raises(RuntimeError, match=rf"{name}.backward called before forward"):
+        m.backward(np.zeros((2, 3, 2, 2), dtype=np.float32))
+    m.forward(x)
+    with pytest.raises(ValueError, match=rf"{name}.backward: gy: expected shape \(2, 3, 2, 2\) .*got \(2, 3, 2, 3\)"):
+        m.backward(np.zeros((2, 3, 2, 3), dtype=np.float32))
+    with pytest.raises(TypeError, match=rf"{name}.backward: gy: expected dtype float32 .*got float64"):
+        m.backward(np.zeros((2, 3, 2, 2)))
+    with pytest.raises(TypeError, match=rf"{name}.backward: gy: expected dtype float32 or float64, got int32"):
+        m.backward(np.zeros((2, 3, 2, 2), dtype=np.int32))
+
+
+def test_functional_errors():
+    x = np.zeros((1, 1, 4, 4))
+    with pytest.raises(ValueError, match="max_pool2d_forward: padding: expected smaller than kernel_size"):
+        max_pool2d_forward(x, 2, 1, 2)
+    with pytest.raises(ValueError, match="avg_pool2d_forward: kernel_size: expected at most the padded input H"):
+        avg_pool2d_forward(x, 7, 1, 1)
+    _, arg = max_pool2d_forward(x, 2)
+    with pytest.raises(ValueError, match=r"max_pool2d_backward: argmax: expected an integer array of shape \(1, 1, 2, 2\)"):
+        max_pool2d_backward(np.zeros((1, 1, 2, 2)), arg.astype(np.float64), x.shape, 2)
+    with pytest.raises(ValueError, match=r"avg_pool2d_backward: gy: expected shape \(1, 1, 2, 2\)"):
+        avg_pool2d_backward(np.zeros((1, 1, 3, 2)), x.shape, 2)
+
+
+def test_global_avgpool_errors():
+    m = GlobalAvgPool2d()
+    with pytest.raises(ValueError, match=r"GlobalAvgPool2d.forward: x: expected a 4-D array .*got shape \(2, 3\)"):
+        m.forward(np.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(TypeError, match="GlobalAvgPool2d.forward: x: expected dtype float32 or float64, got int64"):
+        m.forward(np.zeros((2, 3, 4, 4), dtype=np.int64))
+    with pytest.raises(RuntimeError, match="GlobalAvgPool2d.backward called before forward"):
+        m.backward(np.zeros((2, 3), dtype=np.float32))
+    m.forward(np.zeros((2, 3, 4, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"GlobalAvgPool2d.backward: gy: expected shape \(2, 3\) .*got \(2, 3, 1, 1\)"):
+        m.backward(np.zeros((2, 3, 1, 1), dtype=np.float32))
+
+
+# ---------------------------------------------------------------------------- against PyTorch
+@settings(max_examples=10)
+@given(geom=geometries(max_k=3), seed=seeds)
+def test_against_torch(geom, seed):
+    torch = pytest.importorskip("torch")
+    shape, k, s, p = geom
+    assume(2 * p[0] <= k[0] and 2 * p[1] <= k[1])  # torch requires padding <= kernel/2
+    x = distinct_array(np.random.default_rng(seed), shape)
+    gy = np.random.default_rng(seed + 1).standard_normal(MaxPool2d(k, s, p).forward(x).shape)
+    for ours, theirs in [(MaxPool2d(k, s, p), torch.nn.MaxPool2d(k, s, p)),
+                         (AvgPool2d(k, s, p), torch.nn.AvgPool2d(k, s, p, count_include_pad=False))]:
+        tx = torch.from_numpy(x.copy()).requires_grad_(True)
+        ty = theirs(tx)
+        ty.backward(torch.from_numpy(gy))
+        assert_close(ours.forward(x), ty.detach().numpy(), rtol=1e-12, atol=1e-12, name=f"{ours} y")
+        assert_close(ours.backward(gy), tx.grad.numpy(), rtol=1e-12, atol=1e-12, name=f"{ours} gx")
