@@ -58,8 +58,7 @@ def _train_parser(sub):
         "train", help="train a model (default: the tiny net with GFGP pooling on CIFAR-10)",
         description="Train a CNN from scratch. Results (metrics.jsonl, checkpoint.npz, best.npz, curves.png,"
                     " lam.png, summary.json) go to the run folder. Ctrl-C saves a checkpoint; --resume continues"
-                    " exactly where it stopped.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    " exactly where it stopped.")
     # every option defaults to None here so that --resume can tell which ones were given;
     # the shown defaults are TrainConfig's
     g = p.add_argument_group("model")
@@ -144,15 +143,14 @@ def cmd_train(args) -> int:
 def _eval_parser(sub):
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test set",
                        description="Evaluate a saved model (checkpoint.npz or best.npz of a run) on its dataset's"
-                                   " test set: loss, accuracy, and for max-entropy pooling the mean lam per layer.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   " test set: loss, accuracy, and for max-entropy pooling the mean lam per layer.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file, or a run folder (uses its best.npz,"
                    " else checkpoint.npz)")
     p.add_argument("--data-dir", default=None, help="data root (default: the one saved in the checkpoint, else"
                    " $MINIGNN_DATA, else the cache folder)")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="evaluate on this dataset instead of the saved one")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--batch-size", type=_pos_int, default=256)
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="(default cpu)")
+    p.add_argument("--batch-size", type=_pos_int, default=256, help="(default 256)")
     p.add_argument("--limit-test", type=_pos_int, default=None, metavar="N", help="only the first N test images")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -86,10 +86,11 @@ def test_init_range_and_distribution(fin, fout):
         assert np.abs(a).max() <= bound, f"{name} outside [-1/sqrt(fan_in), 1/sqrt(fan_in)]"
         # U(-b, b): mean 0 and std b/sqrt(3); the tolerances are > 5 standard errors
         assert abs(a.mean()) < 5 * bound / np.sqrt(3 * n), f"{name} mean {a.mean()}"
-        assert abs(a.std() / (bound / np.sqrt(3)) - 1) < 5 * np.sqrt(0.8 / n) + 1e-3, f"{name} std {a.std()}"
-        # spread over the whole interval: both ends reached within 5% (P(miss) < 1e-6 for n >= 300)
+        # relative standard error of the sample std of a uniform: sqrt(0.8 / n) / 2
+        assert abs(a.std() / (bound / np.sqrt(3)) - 1) < 2.5 * np.sqrt(0.8 / n) + 1e-3, f"{name} std {a.std()}"
+        # spread over the whole interval: both ends reached within 10% (P(miss) < 1e-6 for n >= 300)
         if n >= 300:
-            assert a.max() > 0.95 * bound and a.min() < -0.95 * bound, name
+            assert a.max() > 0.9 * bound and a.min() < -0.9 * bound, name
     # the bias is not the weight's first row (independent draws)
     assert not np.array_equal(m.bias.data, m.weight.data[:, 0])
 

@@ -157,7 +157,7 @@ class BatchNorm2d(Module):
             xp = backend.get_array_module(x)
             rm, rv = self.running_mean, self.running_var
             rm[...] = (1.0 - mom) * rm + mom * xp.asarray(mean, dtype=rm.dtype)
-            rv[...] = (1.0 - mom) * rv + mom * xp.asarray(var, dtype=rv.dtype)
+            rv[...] = (1.0 - mom) * rv + mom * xp.asarray(var * (m / (m - 1.0)), dtype=rv.dtype)
         self._saved = (x, mean, invstd, self.training)
         return y
 
