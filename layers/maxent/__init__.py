@@ -21,6 +21,10 @@ Numerics: each window is shifted by its *own* max of lam X + rho before exponent
 authors' CUDA kernel starts the shift at 0 and returns 0/0 = NaN when every lam X of a window is
 below about -104 in float32); Eq. 9 is computed two-pass, Y first and then sum W (X - Y)^2, not
 as E[X^2] - E[X]^2 (which cancels catastrophically for windows like [1000, 1000.03] in float32).
+The kernels also work with the deviations X_q - x0 from a real cell x0 of each window (shifted
+data: exact for close values, and lam x0 cancels in the softmax), so the exponents, Y - x0 and the
+deviations X_q - Y keep full relative precision: dlam for such windows is good to ~3e-7 relative
+in float32 (tests/test_maxent.py derives the bound).
 
 Forms of ``lam`` (and of its gradient): a Python/NumPy scalar (-> a Python float), (C,) (a
 learned per-channel lam: summed over N and positions), (N, C) (GFGP: summed over positions), or

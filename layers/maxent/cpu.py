@@ -26,6 +26,13 @@ range reduction + polynomial (below) for float32 and libm ``exp`` for float64 (u
 gradient checks, where speed is not the aim). No fastmath: NaN and inf keep their meaning, and
 float reductions are not reordered (per-column accumulators stand in for vector reductions).
 
+Shifted data: both loops exponentiate z = lam (X_q - x0) + rho_q, with x0 the window's top-left
+real cell, and form Y = x0 + sum_q W_q (X_q - x0) (the constant lam x0 cancels in the softmax).
+For windows of close values (like [1000, 1000.03]) X_q - x0 is exact in float32, so the weights,
+Y - x0 and the backward's deviations X_q - Y = (X_q - x0) - (Y - x0) keep full relative precision;
+with lam X_q directly the exponents and Y lose the bits that float32 spends on the common 1000,
+and dlam for such windows was off by up to 0.75% relative (measured; now below 3e-7).
+
 The backward recomputes the softmax from x rather than saving it: the exps are cheap once
 vectorised, and then nothing but x has to be kept and re-read (the smallest memory traffic).
 With ``NUMBA_DISABLE_JIT=1`` all of this runs as plain Python with the same float32 arithmetic.
@@ -96,7 +103,9 @@ def fexp(v):
     (Plain-Python version, used with NUMBA_DISABLE_JIT=1; compiled code uses the overload.)"""
     if isinstance(v, np.float32):
         return exp_nonpos_f32(v)
-    return math.exp(v)
+    # a NumPy float64, not a Python float: under NumPy 2's promotion rules np.float32 op (Python
+    # float) is float32, which would silently round the float64 path (e.g. _ONE / sum of exps)
+    return np.float64(math.exp(v))
 
 
 @overload(fexp, inline="always")
@@ -149,11 +158,13 @@ def _fwd_plane_2x2(x, lam4, rho3, n, c, y, xa, xb, xc, xd, lrow):
     for ho in range(Ho):
         _load_rows_2x2(x, n, c, ho, lam4, nl, cl, hl, wl, xa, xb, xc, xd, lrow)
         for wo in range(Wo):
-            a, b, cc, d, lam = xa[wo], xb[wo], xc[wo], xd[wo], lrow[wo]
-            za, zb, zc, zd = lam * a + ra, lam * b + rb, lam * cc + rc, lam * d + rd
+            a, lam = xa[wo], lrow[wo]
+            # shifted data: deviations from the window's first cell a (exact for close values)
+            ub, uc, ud = xb[wo] - a, xc[wo] - a, xd[wo] - a
+            za, zb, zc, zd = ra, lam * ub + rb, lam * uc + rc, lam * ud + rd
             m = _fmax(_fmax(za, zb), _fmax(zc, zd))     # each window's own max: no overflow
             ea, eb, ec, ed = fexp(za - m), fexp(zb - m), fexp(zc - m), fexp(zd - m)
-            y[n, c, ho, wo] = (ea * a + eb * b + ec * cc + ed * d) / (ea + eb + ec + ed)
+            y[n, c, ho, wo] = a + (eb * ub + ec * uc + ed * ud) / (ea + eb + ec + ed)
 
 
 @njit(**_KW)
@@ -177,15 +188,16 @@ def _bwd_plane_2x2(x, lam4, rho3, gy, n, c, want_grho, gx, glam, grho, xa, xb, x
     for ho in range(Ho):
         _load_rows_2x2(x, n, c, ho, lam4, nl, cl, hl, wl, xa, xb, xc, xd, lrow)
         for wo in range(Wo):
-            a, b, cc, d, lam = xa[wo], xb[wo], xc[wo], xd[wo], lrow[wo]
-            za, zb, zc, zd = lam * a + ra, lam * b + rb, lam * cc + rc, lam * d + rd
+            a, lam = xa[wo], lrow[wo]
+            ub, uc, ud = xb[wo] - a, xc[wo] - a, xd[wo] - a            # shifted data, as the forward
+            za, zb, zc, zd = ra, lam * ub + rb, lam * uc + rc, lam * ud + rd
             m = _fmax(_fmax(za, zb), _fmax(zc, zd))
             ea, eb, ec, ed = fexp(za - m), fexp(zb - m), fexp(zc - m), fexp(zd - m)
             inv = _ONE / (ea + eb + ec + ed)
-            yv = (ea * a + eb * b + ec * cc + ed * d) * inv
+            t = (eb * ub + ec * uc + ed * ud) * inv                    # Y - a
             g = gy[n, c, ho, wo] * inv
             ea, eb, ec, ed = ea * g, eb * g, ec * g, ed * g           # gy * W_q
-            da, db, dc, dd = a - yv, b - yv, cc - yv, d - yv           # X_q - Y (two-pass)
+            da, db, dc, dd = -t, ub - t, uc - t, ud - t                # X_q - Y (two-pass, shifted)
             pa, pb, pc, pd = ea * da, eb * db, ec * dc, ed * dd        # gy W_q (X_q - Y): Eq. 10
             ga[wo] = ea + lam * pa                                     # gy W_q (1 + lam (X_q - Y)): Eq. 8
             gb[wo] = eb + lam * pb
@@ -243,10 +255,15 @@ def _valid_range(j, sw, pw, W, Wo):
 
 
 @njit(**_KW)
-def _softmax_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, xs, e, lamp, s, y):
-    """For plane (n, c): xs (K, P) window values (0 at padded cells), lamp (P,) lam per window,
-    e (K, P) the unnormalised weights exp(z - max z) (0 at padded cells), s (P,) their sums and
-    y (P,) the outputs sum_q e X_q / s."""
+def _softmax_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, x0, xs, e, lamp, s, y):
+    """For plane (n, c): x0 (P,) each window's top-left real cell, xs (K, P) the window values
+    shifted by it, X_q - x0 (0 at padded cells), lamp (P,) lam per window, e (K, P) the
+    unnormalised weights exp(z - max z) with z = lam (X_q - x0) + rho_q (0 at padded cells), s (P,)
+    their sums and y (P,) the shifted outputs Y - x0 = sum_q e (X_q - x0) / s.
+
+    Shifting by a cell of the window changes no weight (lam x0 cancels in the softmax), and for
+    windows of close values (like [1000, 1000.03]) X_q - x0 is exact, so z, Y - x0 and the
+    deviations X_q - Y of the backward keep full relative precision."""
     H = x.shape[2]
     W = x.shape[3]
     K = kh * kw
@@ -258,9 +275,13 @@ def _softmax_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, 
     nr = n if rho3.shape[0] > 1 else 0
     cr = c if rho3.shape[1] > 1 else 0
     for ho in range(Ho):
+        r0 = ho * sh - ph
+        r0 = r0 if r0 > 0 else 0
         for wo in range(Wo):
             lamp[ho * Wo + wo] = lam4[nl, cl, ho * hl, wo * wl]
-    # gather: e <- z = lam * X + rho at real cells, -inf at padded ones
+            c0 = wo * sw - pw
+            x0[ho * Wo + wo] = x[n, c, r0, c0 if c0 > 0 else 0]   # real: padding < kernel
+    # gather: xs <- X - x0, e <- z = lam * (X - x0) + rho at real cells; 0 and -inf at padded ones
     for q in range(K):
         i = q // kw
         j = q - i * kw
@@ -277,7 +298,7 @@ def _softmax_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, 
                 xs[q, base + wo] = 0
                 e[q, base + wo] = -np.inf
             for wo in range(lo_r, hi_r):
-                v = x[n, c, r, wo * sw + j - pw]
+                v = x[n, c, r, wo * sw + j - pw] - x0[base + wo]
                 xs[q, base + wo] = v
                 e[q, base + wo] = lamp[base + wo] * v + rq
             for wo in range(hi_r, Wo):
@@ -304,22 +325,22 @@ def _softmax_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, 
 
 
 @njit(**_KW)
-def _fwd_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, y, xs, e, lamp, s, yp):
+def _fwd_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, y, x0, xs, e, lamp, s, yp):
     Ho, Wo = y.shape[2], y.shape[3]
-    _softmax_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, xs, e, lamp, s, yp)
+    _softmax_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, x0, xs, e, lamp, s, yp)
     for ho in range(Ho):
         for wo in range(Wo):
-            y[n, c, ho, wo] = yp[ho * Wo + wo]
+            y[n, c, ho, wo] = x0[ho * Wo + wo] + yp[ho * Wo + wo]
 
 
 @njit(**_KW)
 def _bwd_plane_generic(x, lam4, rho3, gy, n, c, kh, kw, sh, sw, ph, pw, want_grho, gx, glam, grho,
-                       xs, e, lamp, s, yp, gl):
+                       x0, xs, e, lamp, s, yp, gl):
     H, W = x.shape[2], x.shape[3]
     Ho, Wo = gy.shape[2], gy.shape[3]
     K = kh * kw
     P = Ho * Wo
-    _softmax_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, xs, e, lamp, s, yp)
+    _softmax_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, x0, xs, e, lamp, s, yp)
     for ho in range(Ho):
         for wo in range(Wo):
             s[ho * Wo + wo] = gy[n, c, ho, wo] / s[ho * Wo + wo]     # gy / sum e: e * s = gy W
@@ -327,7 +348,7 @@ def _bwd_plane_generic(x, lam4, rho3, gy, n, c, kh, kw, sh, sw, ph, pw, want_grh
     for q in range(K):
         for p in range(P):
             a = e[q, p] * s[p]           # gy * W_q
-            dv = xs[q, p] - yp[p]        # X_q - Y  (two-pass: Y first, then the deviations)
+            dv = xs[q, p] - yp[p]        # X_q - Y = (X_q - x0) - (Y - x0)  (two-pass, shifted)
             ad = a * dv
             gl[p] += ad * dv             # gy * W_q (X_q - Y)^2            (Eq. 9)
             e[q, p] = a + ad * lamp[p]   # gy * W_q (1 + lam (X_q - Y))    (Eq. 8)
@@ -388,13 +409,14 @@ def maxent_pool2d_fwd_cpu(x, lam4, rho3, kh, kw, sh, sw, ph, pw, per, y):
             for nc in range(chunk * per, min((chunk + 1) * per, N * C)):
                 _fwd_plane_2x2(x, lam4, rho3, nc // C, nc % C, y, xa, xb, xc, xd, lrow)
         else:
+            x0 = np.empty(P, dtype=x.dtype)
             xs = np.empty((K, P), dtype=x.dtype)
             e = np.empty((K, P), dtype=x.dtype)
             lamp = np.empty(P, dtype=x.dtype)
             s = np.empty(P, dtype=x.dtype)
             yp = np.empty(P, dtype=x.dtype)
             for nc in range(chunk * per, min((chunk + 1) * per, N * C)):
-                _fwd_plane_generic(x, lam4, rho3, nc // C, nc % C, kh, kw, sh, sw, ph, pw, y, xs, e, lamp, s, yp)
+                _fwd_plane_generic(x, lam4, rho3, nc // C, nc % C, kh, kw, sh, sw, ph, pw, y, x0, xs, e, lamp, s, yp)
 
 
 @pjit(**_KW)
@@ -420,6 +442,7 @@ def maxent_pool2d_bwd_cpu(x, lam4, rho3, gy, kh, kw, sh, sw, ph, pw, per, want_g
                                rows[0], rows[1], rows[2], rows[3], rows[4], rows[5], rows[6], rows[7],
                                rows[8], rows[9], rows[10], rows[11], rows[12], rows[13])
         else:
+            x0 = np.empty(P, dtype=x.dtype)
             xs = np.empty((K, P), dtype=x.dtype)
             e = np.empty((K, P), dtype=x.dtype)
             lamp = np.empty(P, dtype=x.dtype)
@@ -428,4 +451,4 @@ def maxent_pool2d_bwd_cpu(x, lam4, rho3, gy, kh, kw, sh, sw, ph, pw, per, want_g
             gl = np.empty(P, dtype=x.dtype)
             for nc in range(chunk * per, min((chunk + 1) * per, N * C)):
                 _bwd_plane_generic(x, lam4, rho3, gy, nc // C, nc % C, kh, kw, sh, sw, ph, pw, want_grho,
-                                   gx, glam, grho, xs, e, lamp, s, yp, gl)
+                                   gx, glam, grho, x0, xs, e, lamp, s, yp, gl)
