@@ -38,3 +38,12 @@ def xp(device):
 
 
 gpu_only = _GPU_SKIP
+
+
+@pytest.fixture(autouse=True)
+def _seed_library_rng():
+    """Every test starts from the same library-wide generator, so no result depends on which
+    tests ran before it (or in which order)."""
+    from minignn.init import manual_seed
+    manual_seed(0)
+    yield
