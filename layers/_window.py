@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from minignn._numba import njit
+
 
 def pair(v, name: str, where: str = "", minimum: int = 1) -> tuple[int, int]:
     """``k`` or ``(kh, kw)`` -> ``(kh, kw)``, each an int >= ``minimum``."""
@@ -30,3 +32,18 @@ def check_pool_padding(k: tuple[int, int], p: tuple[int, int], where: str = ""):
     pre = f"{where}: " if where else ""
     if p[0] >= k[0] or p[1] >= k[1]:
         raise ValueError(f"{pre}padding: expected smaller than kernel_size {k} in each dimension, got {p}")
+
+
+@njit
+def valid_range(j, s, p, size, n_out):
+    """The output indices ``o`` in ``[lo, hi)`` whose window offset ``j`` lands inside the input,
+    ``0 <= o*s + j - p < size`` (for kernels: padding is clipped, never materialised)."""
+    lo = 0
+    if p - j > 0:
+        lo = (p - j + s - 1) // s
+    hi = (size - 1 + p - j) // s + 1 if size - 1 + p - j >= 0 else 0
+    if hi > n_out:
+        hi = n_out
+    if lo > hi:
+        lo = hi
+    return lo, hi

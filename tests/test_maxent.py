@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
-from helpers import assert_close, distinct_array, seeds
+from helpers import assert_close, distinct_array, seeds, gpu_pending
 
 from minignn import backend
 from minignn._numba import njit
@@ -103,14 +103,6 @@ def lam_full(lam, N, C, Ho, Wo):
     return np.broadcast_to(a, (N, C, Ho, Wo))
 
 
-def gpu_pending(device, call):
-    """Max-entropy pooling has no GPU kernel yet: on a GPU the op must say so, naming itself."""
-    if device == "cpu":
-        return False
-    with pytest.raises(NotImplementedError, match="maxent_pool2d: no GPU kernel yet"):
-        call()
-    return True
-
 
 def draw_x(rng, shape, scale, offset, dtype):
     return (rng.standard_normal(shape) * scale + offset * scale).astype(dtype)
@@ -132,7 +124,7 @@ def test_lam_zero_is_average_over_real_cells(device, geo, dtype, form, scale, of
     Ho, Wo = out_hw(shape, k, s, p)
     lam = make_lam(form, shape, Ho, Wo, np.zeros, dtype)
     xd = backend.to_device(x, device)
-    if gpu_pending(device, lambda: maxent_pool2d_forward(xd, backend.to_device(lam, device) if form != "scalar"
+    if gpu_pending(device, "maxent_pool2d", lambda: maxent_pool2d_forward(xd, backend.to_device(lam, device) if form != "scalar"
                                                          else lam, None, k, s, p)):
         return
     y, _ = maxent_pool2d_forward(xd, lam, None, k, s, p)
@@ -162,7 +154,7 @@ def test_large_lam_is_max_pooling_and_very_negative_lam_min_pooling(device, geo,
     x = (x + offset * np.abs(x).max() * 1.5).astype(dtype)         # also all-negative / all-positive
     lam = sign * L / (gap * scale)                                  # lam * (top-two gap) >= L
     xd = backend.to_device(x, device)
-    if gpu_pending(device, lambda: maxent_pool2d_forward(xd, lam, None, k, s, p)):
+    if gpu_pending(device, "maxent_pool2d", lambda: maxent_pool2d_forward(xd, lam, None, k, s, p)):
         return
     y = backend.to_numpy(maxent_pool2d_forward(xd, lam, None, k, s, p)[0]).astype(np.float64)
     # Derivation. Take lam > 0 (min pooling is the same with x -> -x). Let m = the window max,
@@ -208,7 +200,7 @@ def test_lam_zero_with_large_rho_at_one_offset_is_skip(device, geo, dtype, form,
     xd = backend.to_device(x, device)
     call = lambda: maxent_pool2d_forward(xd, lam if lam_form == "scalar" else backend.to_device(lam, device),
                                          backend.to_device(rho, device), k, s, p)
-    if gpu_pending(device, call):
+    if gpu_pending(device, "maxent_pool2d", call):
         return
     y = backend.to_numpy(call()[0]).astype(np.float64)
     i, j = divmod(q, k[1])
@@ -232,7 +224,7 @@ def test_every_output_lies_within_its_window_range(device, geo, dtype, form, rho
     lam = make_lam(form, shape, Ho, Wo, lambda sz: rng.uniform(-lam_max, lam_max, sz) / scale, dtype)
     rho = make_rho(rho_form, shape, k[0] * k[1], lambda sz: 3 * rng.standard_normal(sz), dtype)
     xd = backend.to_device(x, device)
-    if gpu_pending(device, lambda: maxent_pool2d_forward(xd, lam, rho, k, s, p)):
+    if gpu_pending(device, "maxent_pool2d", lambda: maxent_pool2d_forward(xd, lam, rho, k, s, p)):
         return
     y = backend.to_numpy(maxent_pool2d_forward(xd, lam, rho, k, s, p)[0]).astype(np.float64)
     assert np.all(np.isfinite(y))
@@ -258,7 +250,7 @@ def test_dY_dX_sums_to_one_over_the_window(device, geo, dtype, form, rho_form, l
     lam = make_lam(form, shape, Ho, Wo, lambda sz: rng.uniform(-lam_max, lam_max, sz), dtype)
     rho = make_rho(rho_form, shape, k[0] * k[1], lambda sz: rng.standard_normal(sz), dtype)
     xd = backend.to_device(x, device)
-    if gpu_pending(device, lambda: maxent_pool2d_forward(xd, lam, rho, k, s, p)):
+    if gpu_pending(device, "maxent_pool2d", lambda: maxent_pool2d_forward(xd, lam, rho, k, s, p)):
         return
     y, saved = maxent_pool2d_forward(xd, lam, rho, k, s, p)
     # one output: gy one-hot at (n, c, ho, wo) -> gx = dY_(n,c,ho,wo) / dX, nonzero only in that window
@@ -311,7 +303,7 @@ def test_dlam_is_nonnegative_when_gy_is(device, geo, dtype, rho_form, lam_max, s
     lam = make_lam("NCHW", shape, Ho, Wo, lambda sz: rng.uniform(-lam_max, lam_max, sz) / scale, dtype)
     rho = make_rho(rho_form, shape, k[0] * k[1], lambda sz: rng.standard_normal(sz), dtype)
     xd = backend.to_device(x, device)
-    if gpu_pending(device, lambda: maxent_pool2d_forward(xd, lam, rho, k, s, p)):
+    if gpu_pending(device, "maxent_pool2d", lambda: maxent_pool2d_forward(xd, lam, rho, k, s, p)):
         return
     y, saved = maxent_pool2d_forward(xd, lam, rho, k, s, p)
     gy = np.abs(rng.standard_normal(y.shape)).astype(dtype) * (rng.random(y.shape) < 0.8)   # >= 0, some zeros
@@ -379,7 +371,7 @@ def test_kernels_match_reference(device, lam_form, rho_form, path, data, dtype, 
     rho = make_rho(rho_form, shape, K, lambda sz: rng.standard_normal(sz), dtype)
     gy = rng.standard_normal(shape[:2] + (Ho, Wo)).astype(dtype)
     dev = lambda a: a if isinstance(a, float) or a is None else backend.to_device(a, device)
-    if gpu_pending(device, lambda: maxent_pool2d_forward(dev(x), dev(lam), dev(rho), k, s, p)):
+    if gpu_pending(device, "maxent_pool2d", lambda: maxent_pool2d_forward(dev(x), dev(lam), dev(rho), k, s, p)):
         return
     y, saved = maxent_pool2d_forward(dev(x), dev(lam), dev(rho), k, s, p)
     gx, glam, grho = maxent_pool2d_backward(dev(gy), saved)

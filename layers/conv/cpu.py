@@ -17,6 +17,7 @@ iterations touch the same output cell, so there is no race.
 from __future__ import annotations
 
 from minignn._numba import pjit, prange
+from minignn.layers._window import valid_range
 
 
 @pjit
@@ -30,17 +31,7 @@ def im2col_cpu(x, kh, kw, sh, sw, ph, pw, ho, wo, cols):
         for i in range(kh):
             for j in range(kw):
                 row = (c * kh + i) * kw + j
-                # valid output columns for this j: 0 <= ow*sw + j - pw < w_in
-                ow0 = 0
-                if pw - j > 0:
-                    ow0 = (pw - j + sw - 1) // sw
-                ow1 = 0
-                if w_in - 1 + pw - j >= 0:
-                    ow1 = (w_in - 1 + pw - j) // sw + 1
-                if ow1 > wo:
-                    ow1 = wo
-                if ow0 > ow1:
-                    ow0 = ow1
+                ow0, ow1 = valid_range(j, sw, pw, w_in, wo)  # 0 <= ow*sw + j - pw < w_in
                 for oh in range(ho):
                     base = n * howo + oh * wo
                     hh = oh * sh + i - ph
@@ -77,14 +68,7 @@ def col2im_cpu(cols, kh, kw, sh, sw, ph, pw, ho, wo, gx):
         for i in range(kh):
             for j in range(kw):
                 row = (c * kh + i) * kw + j
-                ow0 = 0
-                if pw - j > 0:
-                    ow0 = (pw - j + sw - 1) // sw
-                ow1 = 0
-                if w_in - 1 + pw - j >= 0:
-                    ow1 = (w_in - 1 + pw - j) // sw + 1
-                if ow1 > wo:
-                    ow1 = wo
+                ow0, ow1 = valid_range(j, sw, pw, w_in, wo)  # 0 <= ow*sw + j - pw < w_in
                 w0 = j - pw
                 for oh in range(ho):
                     hh = oh * sh + i - ph

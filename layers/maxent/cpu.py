@@ -47,6 +47,7 @@ from numba import types
 from numba.extending import overload
 
 from minignn._numba import njit, pjit, prange
+from minignn.layers._window import valid_range
 
 _KW = dict(error_model="numpy")   # division by zero gives inf/nan instead of raising: no early exits
 
@@ -240,21 +241,6 @@ def _bwd_plane_2x2(x, lam4, rho3, gy, n, c, want_grho, gx, glam, grho, xa, xb, x
 # Any geometry: the plane's windows as (K, P) scratch.
 # ---------------------------------------------------------------------------------------------
 @njit(**_KW)
-def _valid_range(j, sw, pw, W, Wo):
-    """The output columns wo whose window column ``j`` falls inside the input: [lo, hi)."""
-    # column = wo*sw + j - pw must satisfy 0 <= column <= W - 1
-    lo = 0
-    if pw - j > 0:
-        lo = (pw - j + sw - 1) // sw
-    hi = (W - 1 + pw - j) // sw + 1 if W - 1 + pw - j >= 0 else 0
-    if hi > Wo:
-        hi = Wo
-    if lo > hi:
-        lo = hi
-    return lo, hi
-
-
-@njit(**_KW)
 def _softmax_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, x0, xs, e, lamp, s, y):
     """For plane (n, c): x0 (P,) each window's top-left real cell, xs (K, P) the window values
     shifted by it, X_q - x0 (0 at padded cells), lamp (P,) lam per window, e (K, P) the
@@ -286,7 +272,7 @@ def _softmax_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, 
         i = q // kw
         j = q - i * kw
         rq = rho3[nr, cr, q]
-        lo, hi = _valid_range(j, sw, pw, W, Wo)
+        lo, hi = valid_range(j, sw, pw, W, Wo)
         for ho in range(Ho):
             r = ho * sh + i - ph
             base = ho * Wo
@@ -376,7 +362,7 @@ def _bwd_plane_generic(x, lam4, rho3, gy, n, c, kh, kw, sh, sw, ph, pw, want_grh
     for q in range(K):
         i = q // kw
         j = q - i * kw
-        lo, hi = _valid_range(j, sw, pw, W, Wo)
+        lo, hi = valid_range(j, sw, pw, W, Wo)
         for ho in range(Ho):
             r = ho * sh + i - ph
             if r < 0 or r >= H:
