@@ -4,12 +4,18 @@ and Global Feature Guided Local Pooling (Kobayashi, ICCV 2019).
 Numba kernels are compiled once and cached on disk. The cache lives in ``$NUMBA_CACHE_DIR`` when
 set, else in a per-user folder (``~/.cache/minignn/numba``), so it works for read-only installs.
 Set ``NUMBA_DISABLE_JIT=1`` to run every kernel as plain Python (slow, but steppable in a debugger).
+Importing minignn also applies the thread and allocator settings of :mod:`minignn._runtime`
+(``MINIGNN_NO_TUNING=1`` turns them off).
 """
 import os as _os
 
 if "NUMBA_CACHE_DIR" not in _os.environ:
     _os.environ["NUMBA_CACHE_DIR"] = _os.path.join(
         _os.environ.get("XDG_CACHE_HOME", _os.path.join(_os.path.expanduser("~"), ".cache")), "minignn", "numba")
+
+from . import _runtime  # noqa: E402  (before NumPy is loaded: see _runtime's docstring)
+
+_runtime.tune()
 
 from . import backend  # noqa: E402
 from .backend import get_array_module, gpu_available, to_device, to_numpy  # noqa: E402

@@ -18,6 +18,7 @@ from minignn.gradcheck import check_gradients
 from minignn.layers import maxent_pool2d_backward, maxent_pool2d_forward
 from minignn.layers.maxent import cpu as mcpu
 from minignn.layers.maxent.reference import maxent_pool2d_backward_ref, maxent_pool2d_forward_ref
+from minignn.layers.maxent.cpu import DIRECT_MAX_WO
 
 # the `device` fixture is a plain string, so reusing it across generated inputs is safe
 device_ok = settings(suppress_health_check=list(settings().suppress_health_check) + [HealthCheck.function_scoped_fixture])
@@ -48,6 +49,10 @@ def geometries(draw, path="any", pad=True, max_k=4):
             s = (1, 2)
     h = draw(st.integers(max(1, k[0] - 2 * p[0]), k[0] + 6))
     w = draw(st.integers(max(1, k[1] - 2 * p[1]), k[1] + 6))
+    if (k, s, p) == ((2, 2), (2, 2), (0, 0)) and draw(st.booleans()):
+        # the fused 2x2 path has two inner loops: per window in place for narrow planes, over
+        # de-interleaved rows from Wo = DIRECT_MAX_WO on; reach both
+        w = draw(st.integers(2 * DIRECT_MAX_WO, 2 * DIRECT_MAX_WO + 3))
     return (draw(st.integers(1, 3)), draw(st.integers(1, 3)), h, w), k, s, p
 
 
@@ -414,11 +419,12 @@ def test_kernels_match_reference(device, lam_form, rho_form, path, data, dtype, 
         assert np.all(np.abs(grho - grho_r) <= tol_grho), "grho"
 
 
-def test_both_kernel_paths_agree_on_the_fast_geometry():
-    """2x2 stride 2 (the fused path) equals every other window of 2x2 stride 1 (the generic path):
-    the two paths agree on the same windows, forward and backward."""
+@pytest.mark.parametrize("width", [8, 2 * DIRECT_MAX_WO + 1])
+def test_both_kernel_paths_agree_on_the_fast_geometry(width):
+    """2x2 stride 2 (the fused path, both of its inner loops) equals every other window of 2x2
+    stride 1 (the generic path): the paths agree on the same windows, forward and backward."""
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 3, 6, 8)).astype(np.float32)
+    x = rng.standard_normal((2, 3, 6, width)).astype(np.float32)
     lam = rng.uniform(-2, 2, (2, 3)).astype(np.float32)
     y_fast, sv_fast = maxent_pool2d_forward(x, lam, None, 2, 2, 0)
     y_gen, sv_gen = maxent_pool2d_forward(x, lam, None, 2, 1, 0)         # stride 1: generic path
@@ -717,8 +723,8 @@ def test_kernels_run_without_jit():
         "assert not hasattr(k.maxent_pool2d_fwd_cpu, 'signatures')\n"
         "rng = np.random.default_rng(0)\n"
         "for dt, tol in ((np.float32, 1e-5), (np.float64, 1e-12)):\n"
-        "  for (ks, st, pd) in ((2, 2, 0), ((3, 2), (2, 1), (1, 1))):\n"
-        "    x = rng.standard_normal((2, 2, 5, 4)).astype(dt)\n"
+        "  for (ks, st, pd, wd) in ((2, 2, 0, 4), (2, 2, 0, 34), ((3, 2), (2, 1), (1, 1), 4)):\n"
+        "    x = rng.standard_normal((2, 2, 5, wd)).astype(dt)\n"
         "    yr = Fr(x.astype(float), 0.5, None, ks, st, pd)\n"
         "    K = 4 if ks == 2 else 6\n"
         "    for lam in (0.7, rng.uniform(-1, 1, 2).astype(dt), rng.uniform(-1, 1, (2, 2)).astype(dt),\n"

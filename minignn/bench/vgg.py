@@ -34,7 +34,7 @@ def _torch_vgg(torch, pool: str):
         if v == "P":
             layers.append(nn.MaxPool2d(2) if pool == "max" else GFGPPool(c))
         else:
-            layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(c, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
             c = v
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)]
     return nn.Sequential(*layers)
