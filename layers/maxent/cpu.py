@@ -10,12 +10,15 @@ Parallel over (n, c) planes (``prange`` over chunks of planes, each allocating i
 a plane's iteration is the only writer of that plane's outputs, so the loop is race-free, and
 overlapping windows accumulate serially inside their plane.
 
-Inside a plane two window loops exist, chosen per call:
+Three window loops exist, chosen per call:
 
-* ``_plane_2x2``: the common 2x2 / stride 2 / no padding case, fused: per output row the four
-  window offsets are de-interleaved into contiguous scratch rows, then one loop over the row's
-  windows computes max, exps, sums and gradients. Measured (1 thread, 16x64x32x32 float32) at
-  ~1.1 ns/element forward and ~2 ns backward, against ~2 / ~3.5 ns for the generic loop.
+* ``_plane_2x2``: 2x2 / stride 2 / no padding on planes at least ``DIRECT_MAX_WO`` windows wide,
+  fused: per output row the four window offsets are de-interleaved into contiguous scratch rows,
+  then one loop over the row's windows computes max, exps, sums and gradients.
+* ``_fwd_group_2x2`` / ``_bwd_group_2x2``: the same geometry on narrower planes (16x16 and less,
+  the later pools of a CIFAR net), where rows are too short to vectorise: the windows of a group
+  of consecutive planes are gathered into scratch columns and one long loop does the arithmetic
+  (the per-row version was 3-5x slower there, mostly set-up).
 * ``_plane_generic``: any kernel, stride and padding. The plane's windows are laid out as (K, P)
   scratch (K = kh*kw offsets, P = Ho*Wo windows; padded cells get z = -inf, so exp gives 0 and
   they drop out of the softmax), and every pass runs over P contiguous values.
@@ -237,89 +240,129 @@ def _bwd_plane_2x2(x, lam4, rho3, gy, n, c, want_grho, gx, glam, grho, xa, xb, x
         grho[n, c, 3] = np.sum(acc_d)
 
 
-# Small planes (Wo below DIRECT_MAX_WO): rows are too short for the de-interleaved scratch rows to
-# pay off (their per-row loops and per-plane set-up dominated: ~750 ns per 4x4 plane), so each
-# window is read and written in place, with scalar accumulators.
+# Narrow planes (Wo below DIRECT_MAX_WO): rows are too short for per-row loops to vectorise (the
+# per-row and per-plane set-up dominated: ~750 ns per 4x4 plane backward). Instead the windows of
+# a group of consecutive planes (about TILE windows) are gathered into scratch columns, one
+# long loop over all of them does the arithmetic (vectorised, exps included), and the results go
+# back: y and a per-position glam are contiguous over consecutive planes; gx is scattered; the
+# per-plane sums of glam and grho add up each plane's run of P = Ho*Wo windows.
 DIRECT_MAX_WO = 16
+TILE = 1024
+
+# rows of the scratch array
+_XA, _UB, _UC, _UD, _LV, _RA, _RB, _RC, _RD, _GL, _PA, _PB, _PC, _PD = range(14)
+N_SCRATCH = 14
 
 
 @njit(**_KW)
-def _fwd_plane_2x2_direct(x, lam4, rho3, n, c, y):
-    nl = n if lam4.shape[0] > 1 else 0
-    cl = c if lam4.shape[1] > 1 else 0
-    hl = 1 if lam4.shape[2] > 1 else 0
-    wl = 1 if lam4.shape[3] > 1 else 0
-    nr = n if rho3.shape[0] > 1 else 0
-    cr = c if rho3.shape[1] > 1 else 0
-    ra, rb, rc, rd = rho3[nr, cr, 0], rho3[nr, cr, 1], rho3[nr, cr, 2], rho3[nr, cr, 3]
-    for ho in range(y.shape[2]):
-        for wo in range(y.shape[3]):
-            lam = lam4[nl, cl, ho * hl, wo * wl]
-            a = x[n, c, 2 * ho, 2 * wo]
-            ub = x[n, c, 2 * ho, 2 * wo + 1] - a
-            uc = x[n, c, 2 * ho + 1, 2 * wo] - a
-            ud = x[n, c, 2 * ho + 1, 2 * wo + 1] - a
-            za, zb, zc, zd = ra, lam * ub + rb, lam * uc + rc, lam * ud + rd
-            m = _fmax(_fmax(za, zb), _fmax(zc, zd))
-            ea, eb, ec, ed = fexp(za - m), fexp(zb - m), fexp(zc - m), fexp(zd - m)
-            y[n, c, ho, wo] = a + (eb * ub + ec * uc + ed * ud) / (ea + eb + ec + ed)
+def group_planes(P):
+    """Planes per group on the narrow-plane path: about TILE windows."""
+    return max(1, TILE // P)
 
 
 @njit(**_KW)
-def _bwd_plane_2x2_direct(x, lam4, rho3, gy, n, c, want_grho, gx, glam, grho):
-    nl = n if lam4.shape[0] > 1 else 0
-    cl = c if lam4.shape[1] > 1 else 0
+def _gather_2x2(x, lam4, rho3, p0, p1, C, Ho, Wo, sc):
+    """Windows of planes [p0, p1) into scratch columns: the first cell a, the deviations of the
+    other three from it (exact for close values), lam and rho per window."""
     hl = 1 if lam4.shape[2] > 1 else 0
     wl = 1 if lam4.shape[3] > 1 else 0
-    nr = n if rho3.shape[0] > 1 else 0
-    cr = c if rho3.shape[1] > 1 else 0
-    ra, rb, rc, rd = rho3[nr, cr, 0], rho3[nr, cr, 1], rho3[nr, cr, 2], rho3[nr, cr, 3]
-    Ho, Wo = gy.shape[2], gy.shape[3]
+    i = 0
+    for pl in range(p0, p1):
+        n = pl // C
+        c = pl - n * C
+        nl = n if lam4.shape[0] > 1 else 0
+        cl = c if lam4.shape[1] > 1 else 0
+        nr = n if rho3.shape[0] > 1 else 0
+        cr = c if rho3.shape[1] > 1 else 0
+        r0, r1, r2, r3 = rho3[nr, cr, 0], rho3[nr, cr, 1], rho3[nr, cr, 2], rho3[nr, cr, 3]
+        for ho in range(Ho):
+            for wo in range(Wo):
+                a = x[n, c, 2 * ho, 2 * wo]
+                sc[_XA, i] = a
+                sc[_UB, i] = x[n, c, 2 * ho, 2 * wo + 1] - a
+                sc[_UC, i] = x[n, c, 2 * ho + 1, 2 * wo] - a
+                sc[_UD, i] = x[n, c, 2 * ho + 1, 2 * wo + 1] - a
+                sc[_LV, i] = lam4[nl, cl, ho * hl, wo * wl]
+                sc[_RA, i] = r0
+                sc[_RB, i] = r1
+                sc[_RC, i] = r2
+                sc[_RD, i] = r3
+                i += 1
+    return i
+
+
+@njit(**_KW)
+def _fwd_group_2x2(x, lam4, rho3, p0, p1, C, yf, sc):
+    Ho, Wo = x.shape[2] // 2, x.shape[3] // 2
+    L = _gather_2x2(x, lam4, rho3, p0, p1, C, Ho, Wo, sc)
+    base = p0 * Ho * Wo                   # y of consecutive planes is contiguous
+    for i in range(L):
+        lam, ub, uc, ud = sc[_LV, i], sc[_UB, i], sc[_UC, i], sc[_UD, i]
+        za, zb, zc, zd = sc[_RA, i], lam * ub + sc[_RB, i], lam * uc + sc[_RC, i], lam * ud + sc[_RD, i]
+        m = _fmax(_fmax(za, zb), _fmax(zc, zd))
+        ea, eb, ec, ed = fexp(za - m), fexp(zb - m), fexp(zc - m), fexp(zd - m)
+        yf[base + i] = sc[_XA, i] + (eb * ub + ec * uc + ed * ud) / (ea + eb + ec + ed)
+
+
+@njit(**_KW)
+def _bwd_group_2x2(x, lam4, rho3, gyf, p0, p1, C, want_grho, gx, glam, grho, sc):
     H, W = x.shape[2], x.shape[3]
-    sl = _ZERO * x[n, c, 0, 0]           # zeros of x's dtype
-    sa, sb, sc, sd = sl, sl, sl, sl
-    for ho in range(Ho):
-        for wo in range(Wo):
-            lam = lam4[nl, cl, ho * hl, wo * wl]
-            a = x[n, c, 2 * ho, 2 * wo]
-            ub = x[n, c, 2 * ho, 2 * wo + 1] - a
-            uc = x[n, c, 2 * ho + 1, 2 * wo] - a
-            ud = x[n, c, 2 * ho + 1, 2 * wo + 1] - a
-            za, zb, zc, zd = ra, lam * ub + rb, lam * uc + rc, lam * ud + rd
-            m = _fmax(_fmax(za, zb), _fmax(zc, zd))
-            ea, eb, ec, ed = fexp(za - m), fexp(zb - m), fexp(zc - m), fexp(zd - m)
-            inv = _ONE / (ea + eb + ec + ed)
-            t = (eb * ub + ec * uc + ed * ud) * inv                    # Y - a
-            g = gy[n, c, ho, wo] * inv
-            ea, eb, ec, ed = ea * g, eb * g, ec * g, ed * g           # gy * W_q
-            da, db, dc, dd = -t, ub - t, uc - t, ud - t                # X_q - Y
-            pa, pb, pc, pd = ea * da, eb * db, ec * dc, ed * dd        # Eq. 10
-            gx[n, c, 2 * ho, 2 * wo] = ea + lam * pa                   # Eq. 8
-            gx[n, c, 2 * ho, 2 * wo + 1] = eb + lam * pb
-            gx[n, c, 2 * ho + 1, 2 * wo] = ec + lam * pc
-            gx[n, c, 2 * ho + 1, 2 * wo + 1] = ed + lam * pd
-            gl = pa * da + pb * db + pc * dc + pd * dd                 # Eq. 9
-            if hl or wl:
-                glam[n, c, ho, wo] = gl
-            else:
-                sl += gl
-            sa += pa
-            sb += pb
-            sc += pc
-            sd += pd
-    for h in range(2 * Ho, H):           # a last odd row / column is in no window
-        for w in range(W):
-            gx[n, c, h, w] = 0
-    for h in range(2 * Ho):
-        for w in range(2 * Wo, W):
-            gx[n, c, h, w] = 0
-    if not (hl or wl):
-        glam[n, c, 0, 0] = sl
-    if want_grho:
-        grho[n, c, 0] = sa
-        grho[n, c, 1] = sb
-        grho[n, c, 2] = sc
-        grho[n, c, 3] = sd
+    Ho, Wo = H // 2, W // 2
+    P = Ho * Wo
+    L = _gather_2x2(x, lam4, rho3, p0, p1, C, Ho, Wo, sc)
+    base = p0 * P
+    for i in range(L):
+        lam, ub, uc, ud = sc[_LV, i], sc[_UB, i], sc[_UC, i], sc[_UD, i]
+        za, zb, zc, zd = sc[_RA, i], lam * ub + sc[_RB, i], lam * uc + sc[_RC, i], lam * ud + sc[_RD, i]
+        m = _fmax(_fmax(za, zb), _fmax(zc, zd))
+        ea, eb, ec, ed = fexp(za - m), fexp(zb - m), fexp(zc - m), fexp(zd - m)
+        inv = _ONE / (ea + eb + ec + ed)
+        t = (eb * ub + ec * uc + ed * ud) * inv                    # Y - a
+        g = gyf[base + i] * inv
+        ea, eb, ec, ed = ea * g, eb * g, ec * g, ed * g           # gy * W_q
+        da, db, dc, dd = -t, ub - t, uc - t, ud - t                # X_q - Y (two-pass, shifted)
+        pa, pb, pc, pd = ea * da, eb * db, ec * dc, ed * dd        # gy W_q (X_q - Y): Eq. 10
+        sc[_GL, i] = pa * da + pb * db + pc * dc + pd * dd         # Eq. 9
+        sc[_PA, i] = pa
+        sc[_PB, i] = pb
+        sc[_PC, i] = pc
+        sc[_PD, i] = pd
+        sc[_XA, i] = ea + lam * pa                                 # Eq. 8, into the spent columns
+        sc[_UB, i] = eb + lam * pb
+        sc[_UC, i] = ec + lam * pc
+        sc[_UD, i] = ed + lam * pd
+    per_position = glam.shape[2] > 1 or glam.shape[3] > 1
+    i = 0
+    for pl in range(p0, p1):
+        n = pl // C
+        c = pl - n * C
+        i0 = i
+        for ho in range(Ho):
+            for wo in range(Wo):
+                gx[n, c, 2 * ho, 2 * wo] = sc[_XA, i]
+                gx[n, c, 2 * ho, 2 * wo + 1] = sc[_UB, i]
+                gx[n, c, 2 * ho + 1, 2 * wo] = sc[_UC, i]
+                gx[n, c, 2 * ho + 1, 2 * wo + 1] = sc[_UD, i]
+                if per_position:
+                    glam[n, c, ho, wo] = sc[_GL, i]
+                i += 1
+        for h in range(2 * Ho, H):        # a last odd row / column is in no window
+            for w in range(W):
+                gx[n, c, h, w] = 0
+        for h in range(2 * Ho):
+            for w in range(2 * Wo, W):
+                gx[n, c, h, w] = 0
+        if not per_position:
+            acc = sc[_GL, i0]
+            for k in range(i0 + 1, i):
+                acc += sc[_GL, k]
+            glam[n, c, 0, 0] = acc
+        if want_grho:
+            for q in range(4):
+                acc = sc[_PA + q, i0]
+                for k in range(i0 + 1, i):
+                    acc += sc[_PA + q, k]
+                grho[n, c, q] = acc
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,8 +515,11 @@ def maxent_pool2d_fwd_cpu(x, lam4, rho3, kh, kw, sh, sw, ph, pw, per, y):
     nchunks = (N * C + per - 1) // per
     for chunk in prange(nchunks):
         if fast and Wo < DIRECT_MAX_WO:
-            for nc in range(chunk * per, min((chunk + 1) * per, N * C)):
-                _fwd_plane_2x2_direct(x, lam4, rho3, nc // C, nc % C, y)
+            g = group_planes(P)
+            sc = np.empty((N_SCRATCH, g * P), dtype=x.dtype)
+            yf = y.reshape(-1)
+            for p0 in range(chunk * per, min((chunk + 1) * per, N * C), g):
+                _fwd_group_2x2(x, lam4, rho3, p0, min(p0 + g, (chunk + 1) * per, N * C), C, yf, sc)
         elif fast:
             xa = np.empty(Wo, dtype=x.dtype)
             xb = np.empty(Wo, dtype=x.dtype)
@@ -510,8 +556,12 @@ def maxent_pool2d_bwd_cpu(x, lam4, rho3, gy, kh, kw, sh, sw, ph, pw, per, want_g
     nchunks = (N * C + per - 1) // per
     for chunk in prange(nchunks):
         if fast and Wo < DIRECT_MAX_WO:
-            for nc in range(chunk * per, min((chunk + 1) * per, N * C)):
-                _bwd_plane_2x2_direct(x, lam4, rho3, gy, nc // C, nc % C, want_grho, gx, glam, grho)
+            g = group_planes(P)
+            sc = np.empty((N_SCRATCH, g * P), dtype=x.dtype)
+            gyf = gy.reshape(-1)
+            for p0 in range(chunk * per, min((chunk + 1) * per, N * C), g):
+                _bwd_group_2x2(x, lam4, rho3, gyf, p0, min(p0 + g, (chunk + 1) * per, N * C), C, want_grho,
+                               gx, glam, grho, sc)
         elif fast:
             rows = np.empty((14, Wo), dtype=x.dtype)
             for nc in range(chunk * per, min((chunk + 1) * per, N * C)):
