@@ -136,7 +136,12 @@ class TrainConfig:
 
 # --- small helpers ------------------------------------------------------------------------------
 def _progress(total, desc, enabled, unit="img"):
-    from tqdm.auto import tqdm
+    # tqdm.auto picks the notebook widget in Jupyter, and warns when ipywidgets is missing:
+    # import it only when a bar is wanted
+    if enabled:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False, dynamic_ncols=True,
                 smoothing=0.1)
 
@@ -593,7 +598,7 @@ def _skip_first_input_grad(model):
 
 
 def _default_log(msg: str):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
     tqdm.write(msg)
 
 

@@ -522,8 +522,20 @@ def test_dataset_limit_keeps_statistics():
     small = ds.limit(n_train=10, n_test=5)
     assert small.x_train.shape[0] == 10 and small.y_test.shape == (5,) and small.name == "synthetic"
     np.testing.assert_array_equal(small.mean, ds.mean)
-    np.testing.assert_array_equal(small.x_train, ds.x_train[:10])
-    assert ds.limit().x_train.shape[0] == 40
+    # a seeded random subset in the original order, the same for the same seed
+    idx = [int(np.flatnonzero((ds.x_train == img).all(axis=(1, 2, 3)))[0]) for img in small.x_train]
+    assert idx == sorted(idx) and len(set(idx)) == 10
+    np.testing.assert_array_equal(small.y_train, ds.y_train[idx])
+    np.testing.assert_array_equal(ds.limit(n_train=10, n_test=5).x_train, small.x_train)
+    assert ds.limit().x_train.shape[0] == 40 and ds.limit(n_train=40).x_train.shape[0] == 40
+
+
+def test_dataset_limit_is_not_the_first_images_of_a_class_sorted_split():
+    x = np.zeros((100, 3, 2, 2), np.uint8)
+    y = np.repeat(np.arange(10), 10)                      # sorted by class, like the shared test split
+    ds = synthetic_dataset(n_train=40, n_test=20)
+    sorted_ds = type(ds)(**{**ds.__dict__, "x_test": x, "y_test": y})
+    assert len(np.unique(sorted_ds.limit(n_test=30).y_test)) >= 5
 
 
 @given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 5), h=st.integers(1, 6), w=st.integers(1, 6))

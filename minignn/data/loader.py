@@ -91,14 +91,23 @@ class Dataset:
         """(C, H, W) of one image."""
         return tuple(self.x_train.shape[1:])
 
-    def limit(self, n_train: int | None = None, n_test: int | None = None) -> "Dataset":
-        """The first ``n_train`` training and ``n_test`` test images (None keeps all); mean and std
-        stay those of the full training set, so a quick run normalises like a full one."""
+    def limit(self, n_train: int | None = None, n_test: int | None = None, seed: int = 0) -> "Dataset":
+        """A fixed random subset of ``n_train`` training and ``n_test`` test images (None keeps
+        all), in their original order. Random, not the first n: a split stored sorted by class
+        (as some CIFAR copies are) would otherwise give a subset of one or two classes. Mean and
+        std stay those of the full training set, so a quick run normalises like a full one."""
         for v, nm in ((n_train, "n_train"), (n_test, "n_test")):
             if v is not None:
                 check_positive_int(v, nm, where="Dataset.limit")
-        tr = slice(None) if n_train is None else slice(0, n_train)
-        te = slice(None) if n_test is None else slice(0, n_test)
+        rng = np.random.default_rng(seed)
+
+        def pick(n, total):
+            if n is None or n >= total:
+                return slice(None)
+            return np.sort(rng.choice(total, size=n, replace=False))
+
+        tr = pick(n_train, len(self.y_train))
+        te = pick(n_test, len(self.y_test))
         return replace(self, x_train=self.x_train[tr], y_train=self.y_train[tr],
                        x_test=self.x_test[te], y_test=self.y_test[te])
 
