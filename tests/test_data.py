@@ -527,6 +527,7 @@ def test_dataset_limit_keeps_statistics():
     assert idx == sorted(idx) and len(set(idx)) == 10
     np.testing.assert_array_equal(small.y_train, ds.y_train[idx])
     np.testing.assert_array_equal(ds.limit(n_train=10, n_test=5).x_train, small.x_train)
+    np.testing.assert_array_equal(ds.limit(n_test=5).y_test, small.y_test)   # independent of n_train
     assert ds.limit().x_train.shape[0] == 40 and ds.limit(n_train=40).x_train.shape[0] == 40
 
 

@@ -99,15 +99,13 @@ class Dataset:
         for v, nm in ((n_train, "n_train"), (n_test, "n_test")):
             if v is not None:
                 check_positive_int(v, nm, where="Dataset.limit")
-        rng = np.random.default_rng(seed)
-
-        def pick(n, total):
+        def pick(n, total, stream):   # one generator per split: a test subset never depends on n_train
             if n is None or n >= total:
                 return slice(None)
-            return np.sort(rng.choice(total, size=n, replace=False))
+            return np.sort(np.random.default_rng((seed, stream)).choice(total, size=n, replace=False))
 
-        tr = pick(n_train, len(self.y_train))
-        te = pick(n_test, len(self.y_test))
+        tr = pick(n_train, len(self.y_train), 0)
+        te = pick(n_test, len(self.y_test), 1)
         return replace(self, x_train=self.x_train[tr], y_train=self.y_train[tr],
                        x_test=self.x_test[te], y_test=self.y_test[te])
 
