@@ -15,51 +15,7 @@ from __future__ import annotations
 import math
 
 from minignn._numba import njit, pjit, prange
-
-
-@njit(inline="always")
-def _sum_row(a, n, c, length):
-    """sum_i a[n, c, i] in float64."""
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    i = 0
-    while i + 4 <= length:
-        s0 += a[n, c, i]
-        s1 += a[n, c, i + 1]
-        s2 += a[n, c, i + 2]
-        s3 += a[n, c, i + 3]
-        i += 4
-    while i < length:
-        s0 += a[n, c, i]
-        i += 1
-    return (s0 + s1) + (s2 + s3)
-
-
-@njit(inline="always")
-def _sqdev_row(a, n, c, length, m):
-    """sum_i (a[n, c, i] - m)**2 in float64."""
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    i = 0
-    while i + 4 <= length:
-        d0 = a[n, c, i] - m
-        d1 = a[n, c, i + 1] - m
-        d2 = a[n, c, i + 2] - m
-        d3 = a[n, c, i + 3] - m
-        s0 += d0 * d0
-        s1 += d1 * d1
-        s2 += d2 * d2
-        s3 += d3 * d3
-        i += 4
-    while i < length:
-        d0 = a[n, c, i] - m
-        s0 += d0 * d0
-        i += 1
-    return (s0 + s1) + (s2 + s3)
+from minignn.layers._reduce import sqdev_row, sum_row
 
 
 @njit(inline="always")
@@ -100,11 +56,11 @@ def batchnorm2d_fwd_cpu(x, gamma, beta, eps, train, mean, var, invstd, y):
         if train:
             s = 0.0
             for n in range(n_img):
-                s += _sum_row(x, n, c, length)
+                s += sum_row(x, n, c, length)
             m = s / count
             q = 0.0
             for n in range(n_img):
-                q += _sqdev_row(x, n, c, length, m)
+                q += sqdev_row(x, n, c, length, m)
             mean[c] = m
             var[c] = q / count
         m = mean[c]

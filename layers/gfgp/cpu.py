@@ -13,54 +13,8 @@ import math
 
 import numpy as np
 
-from minignn._numba import njit, pjit, prange
-
-
-@njit
-def _plane_sum(x, p):
-    """sum(x[p, :]) in float64 with four independent partial sums."""
-    hw = x.shape[1]
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    i = 0
-    while i + 4 <= hw:
-        s0 += x[p, i]
-        s1 += x[p, i + 1]
-        s2 += x[p, i + 2]
-        s3 += x[p, i + 3]
-        i += 4
-    while i < hw:
-        s0 += x[p, i]
-        i += 1
-    return (s0 + s1) + (s2 + s3)
-
-
-@njit
-def _plane_sqdev(x, p, mu):
-    """sum((x[p, :] - mu)**2) in float64 (the second pass of a two-pass variance)."""
-    hw = x.shape[1]
-    s0 = 0.0
-    s1 = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    i = 0
-    while i + 4 <= hw:
-        d0 = x[p, i] - mu
-        d1 = x[p, i + 1] - mu
-        d2 = x[p, i + 2] - mu
-        d3 = x[p, i + 3] - mu
-        s0 += d0 * d0
-        s1 += d1 * d1
-        s2 += d2 * d2
-        s3 += d3 * d3
-        i += 4
-    while i < hw:
-        d0 = x[p, i] - mu
-        s0 += d0 * d0
-        i += 1
-    return (s0 + s1) + (s2 + s3)
+from minignn._numba import pjit, prange
+from minignn.layers._reduce import sqdev_row, sum_row
 
 
 # --- forward ----------------------------------------------------------------------------------
@@ -68,18 +22,20 @@ def _plane_sqdev(x, p, mu):
 def global_avg_fwd_cpu(x, avg):
     """avg[p] = mean(x[p, :]);  x (P, HW), avg (P,)."""
     n_planes, hw = x.shape
+    x3 = x.reshape((1, n_planes, hw))
     for p in prange(n_planes):
-        avg[p] = _plane_sum(x, p) / hw
+        avg[p] = sum_row(x3, 0, p, hw) / hw
 
 
 @pjit
 def global_avgstd_fwd_cpu(x, eps, avg, std):
     """avg[p] = mean(x[p]), std[p] = sqrt(mean((x[p] - avg[p])**2) + eps) (two passes)."""
     n_planes, hw = x.shape
+    x3 = x.reshape((1, n_planes, hw))
     for p in prange(n_planes):
-        mu = _plane_sum(x, p) / hw
+        mu = sum_row(x3, 0, p, hw) / hw
         avg[p] = mu
-        std[p] = math.sqrt(_plane_sqdev(x, p, mu) / hw + eps)
+        std[p] = math.sqrt(sqdev_row(x3, 0, p, hw, mu) / hw + eps)
 
 
 @pjit
