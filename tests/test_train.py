@@ -252,6 +252,7 @@ def test_ctrl_c_saves_and_resume_is_exact(small_data, uninterrupted, tmp_path, s
                 signal.raise_signal(signal.SIGINT)  # a real Ctrl-C, arriving in the middle of a step
             return super().train_step(x, y)
 
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under nohup / in a background job
     t = _trainer(_config(), tmp_path, small_data, cls=CtrlC)
     with pytest.raises(KeyboardInterrupt):
         t.run()
@@ -262,7 +263,7 @@ def test_ctrl_c_saves_and_resume_is_exact(small_data, uninterrupted, tmp_path, s
     epoch = (stop_after - 1) // 4  # 4 steps per epoch; a full epoch's position is (epoch, 4): eval pending
     assert (pos["epoch"], pos["step_in_epoch"]) == (epoch, stop_after - 4 * epoch)
     assert len(state["history"]) == (stop_after - 1) // 4
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) == before  # the caller's handler restored
 
     resumed = _resume(tmp_path, small_data)
     assert resumed.global_step == stop_after
