@@ -1,4 +1,5 @@
 """Engine core: Module API, gradcheck, loss, SGD, backend seam."""
+import os
 import copy
 
 import numpy as np
@@ -239,3 +240,25 @@ def test_backend_cpu_seam():
 def test_package_exports():
     for name in ["Module", "Parameter", "Sequential", "SGD", "SoftmaxCrossEntropy", "gradcheck"]:
         assert hasattr(minignn, name)
+
+
+def test_runtime_tuning_applies_at_import_and_can_be_turned_off():
+    import subprocess
+    import sys
+    code = ("import os, minignn; from minignn import _runtime as r; "
+            "print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), os.environ.get('GOMP_SPINCOUNT'), r.applied.get('mallopt'))")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_THREAD_TIMEOUT", "GOMP_SPINCOUNT", "MINIGNN_NO_TUNING")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    blas, gomp, malloc = out.stdout.split()
+    assert (blas, gomp) == ("4", "10000")
+    if sys.platform.startswith("linux"):
+        assert malloc == "True"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, MINIGNN_NO_TUNING="1"), capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.split() == ["None", "None", "None"], out.stdout + out.stderr
+    # a value the user set is kept
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, GOMP_SPINCOUNT="7"), capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.split()[1] == "7"

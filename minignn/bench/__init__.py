@@ -36,6 +36,8 @@ def run(args) -> int:
     import numba
     print(f"threads: {numba.config.NUMBA_NUM_THREADS}; copy bandwidth {copy_bandwidth() / 1e9:.1f} GB/s "
           f"(read+write); float32 GEMM {gemm_rate() / 1e9:.0f} GFLOP/s", flush=True)
+    from minignn import _runtime
+    print(f"runtime settings: {_runtime.applied or 'none (MINIGNN_NO_TUNING)'}", flush=True)
     for name in names:
         mod, fn = BENCHMARKS[name]
         kwargs = {"repeats": args.repeats}
