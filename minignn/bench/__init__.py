@@ -2,7 +2,8 @@
 
 Names: ``layers`` (each layer's forward+backward vs PyTorch CPU and, for poolings, vs the
 memory-traffic floor), ``maxent`` (the fused max-entropy pooling kernel vs the floor and vs
-PyTorch's max pooling), ``vgg`` (one VGG-11 CIFAR training step, max vs GFGP pooling, vs PyTorch).
+PyTorch's max pooling), ``vgg`` (one VGG-11 CIFAR training step, max vs GFGP pooling, vs PyTorch),
+``conv`` (every VGG-11 convolution vs PyTorch).
 PyTorch is optional: without it the comparison columns print '-'.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ BENCHMARKS = {
     "layers": ("minignn.bench.layers", "bench_layers"),
     "maxent": ("minignn.bench.maxent", "bench_maxent"),
     "vgg": ("minignn.bench.vgg", "bench_vgg"),
+    "conv": ("minignn.bench.layers_conv", "bench_conv"),
 }
 
 

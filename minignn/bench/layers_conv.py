@@ -6,7 +6,7 @@ for the first layer, as in a training step); the torch side is ``nn.Conv2d`` wit
 requiring a gradient except for the first layer. Both run one thread per Numba thread. Each
 figure is a median of repeats; compare the ratio column, measured in the same run.
 
-    python -c "from minignn.bench.layers_conv import bench_conv; bench_conv()"
+    minignn bench conv
 """
 from __future__ import annotations
 
