@@ -18,7 +18,7 @@ from minignn.gradcheck import check_gradients
 from minignn.layers import maxent_pool2d_backward, maxent_pool2d_forward
 from minignn.layers.maxent import cpu as mcpu
 from minignn.layers.maxent.reference import maxent_pool2d_backward_ref, maxent_pool2d_forward_ref
-from minignn.layers.maxent.cpu import DIRECT_MAX_WO
+from minignn.layers.maxent.cpu import GROUPED_MAX_WO
 
 # the `device` fixture is a plain string, so reusing it across generated inputs is safe
 device_ok = settings(suppress_health_check=list(settings().suppress_health_check) + [HealthCheck.function_scoped_fixture])
@@ -50,9 +50,9 @@ def geometries(draw, path="any", pad=True, max_k=4):
     h = draw(st.integers(max(1, k[0] - 2 * p[0]), k[0] + 6))
     w = draw(st.integers(max(1, k[1] - 2 * p[1]), k[1] + 6))
     if (k, s, p) == ((2, 2), (2, 2), (0, 0)) and draw(st.booleans()):
-        # the fused 2x2 path has two inner loops: per window in place for narrow planes, over
-        # de-interleaved rows from Wo = DIRECT_MAX_WO on; reach both
-        w = draw(st.integers(2 * DIRECT_MAX_WO, 2 * DIRECT_MAX_WO + 3))
+        # the fused 2x2 path has two inner loops: windows of several planes gathered into
+        # columns for narrow planes, de-interleaved rows from Wo = GROUPED_MAX_WO on; reach both
+        w = draw(st.integers(2 * GROUPED_MAX_WO, 2 * GROUPED_MAX_WO + 3))
     return (draw(st.integers(1, 3)), draw(st.integers(1, 3)), h, w), k, s, p
 
 
@@ -419,7 +419,7 @@ def test_kernels_match_reference(device, lam_form, rho_form, path, data, dtype, 
         assert np.all(np.abs(grho - grho_r) <= tol_grho), "grho"
 
 
-@pytest.mark.parametrize("width", [8, 2 * DIRECT_MAX_WO + 1])
+@pytest.mark.parametrize("width", [8, 2 * GROUPED_MAX_WO + 1])
 def test_both_kernel_paths_agree_on_the_fast_geometry(width):
     """2x2 stride 2 (the fused path, both of its inner loops) equals every other window of 2x2
     stride 1 (the generic path): the paths agree on the same windows, forward and backward."""

@@ -12,16 +12,18 @@ overlapping windows accumulate serially inside their plane.
 
 Three window loops exist, chosen per call:
 
-* ``_plane_2x2``: 2x2 / stride 2 / no padding on planes at least ``DIRECT_MAX_WO`` windows wide,
-  fused: per output row the four window offsets are de-interleaved into contiguous scratch rows,
-  then one loop over the row's windows computes max, exps, sums and gradients.
+* ``_fwd_plane_2x2`` / ``_bwd_plane_2x2``: 2x2 / stride 2 / no padding on planes at least
+  ``GROUPED_MAX_WO`` windows wide, fused: per output row the four window offsets are
+  de-interleaved into contiguous scratch rows, then one loop over the row's windows computes max,
+  exps, sums and gradients.
 * ``_fwd_group_2x2`` / ``_bwd_group_2x2``: the same geometry on narrower planes (16x16 and less,
   the later pools of a CIFAR net), where rows are too short to vectorise: the windows of a group
   of consecutive planes are gathered into scratch columns and one long loop does the arithmetic
   (the per-row version was 3-5x slower there, mostly set-up).
-* ``_plane_generic``: any kernel, stride and padding. The plane's windows are laid out as (K, P)
-  scratch (K = kh*kw offsets, P = Ho*Wo windows; padded cells get z = -inf, so exp gives 0 and
-  they drop out of the softmax), and every pass runs over P contiguous values.
+* ``_fwd_plane_generic`` / ``_bwd_plane_generic``: any kernel, stride and padding. The plane's
+  windows are laid out as (K, P) scratch (K = kh*kw offsets, P = Ho*Wo windows; padded cells get
+  z = -inf, so exp gives 0 and they drop out of the softmax), and every pass runs over P
+  contiguous values.
 
 Both keep every loop free of exceptions (``error_model="numpy"``: float division never raises)
 and of mixed precision, so LLVM vectorises them, the exponential included: :func:`fexp` is a
@@ -240,13 +242,13 @@ def _bwd_plane_2x2(x, lam4, rho3, gy, n, c, want_grho, gx, glam, grho, xa, xb, x
         grho[n, c, 3] = np.sum(acc_d)
 
 
-# Narrow planes (Wo below DIRECT_MAX_WO): rows are too short for per-row loops to vectorise (the
+# Narrow planes (Wo below GROUPED_MAX_WO): rows are too short for per-row loops to vectorise (the
 # per-row and per-plane set-up dominated: ~750 ns per 4x4 plane backward). Instead the windows of
 # a group of consecutive planes (about TILE windows) are gathered into scratch columns, one
 # long loop over all of them does the arithmetic (vectorised, exps included), and the results go
 # back: y and a per-position glam are contiguous over consecutive planes; gx is scattered; the
 # per-plane sums of glam and grho add up each plane's run of P = Ho*Wo windows.
-DIRECT_MAX_WO = 16
+GROUPED_MAX_WO = 16
 TILE = 1024
 
 # rows of the scratch array
@@ -514,19 +516,20 @@ def maxent_pool2d_fwd_cpu(x, lam4, rho3, kh, kw, sh, sw, ph, pw, per, y):
     fast = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
     nchunks = (N * C + per - 1) // per
     for chunk in prange(nchunks):
-        if fast and Wo < DIRECT_MAX_WO:
+        lo, hi = chunk * per, min((chunk + 1) * per, N * C)   # this iteration's planes
+        if fast and Wo < GROUPED_MAX_WO:
             g = group_planes(P)
             sc = np.empty((N_SCRATCH, g * P), dtype=x.dtype)
             yf = y.reshape(-1)
-            for p0 in range(chunk * per, min((chunk + 1) * per, N * C), g):
-                _fwd_group_2x2(x, lam4, rho3, p0, min(p0 + g, (chunk + 1) * per, N * C), C, yf, sc)
+            for p0 in range(lo, hi, g):
+                _fwd_group_2x2(x, lam4, rho3, p0, min(p0 + g, hi), C, yf, sc)
         elif fast:
             xa = np.empty(Wo, dtype=x.dtype)
             xb = np.empty(Wo, dtype=x.dtype)
             xc = np.empty(Wo, dtype=x.dtype)
             xd = np.empty(Wo, dtype=x.dtype)
             lrow = np.empty(Wo, dtype=x.dtype)
-            for nc in range(chunk * per, min((chunk + 1) * per, N * C)):
+            for nc in range(lo, hi):
                 _fwd_plane_2x2(x, lam4, rho3, nc // C, nc % C, y, xa, xb, xc, xd, lrow)
         else:
             x0 = np.empty(P, dtype=x.dtype)
@@ -535,7 +538,7 @@ def maxent_pool2d_fwd_cpu(x, lam4, rho3, kh, kw, sh, sw, ph, pw, per, y):
             lamp = np.empty(P, dtype=x.dtype)
             s = np.empty(P, dtype=x.dtype)
             yp = np.empty(P, dtype=x.dtype)
-            for nc in range(chunk * per, min((chunk + 1) * per, N * C)):
+            for nc in range(lo, hi):
                 _fwd_plane_generic(x, lam4, rho3, nc // C, nc % C, kh, kw, sh, sw, ph, pw, y, x0, xs, e, lamp, s, yp)
 
 
@@ -555,16 +558,17 @@ def maxent_pool2d_bwd_cpu(x, lam4, rho3, gy, kh, kw, sh, sw, ph, pw, per, want_g
     fast = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
     nchunks = (N * C + per - 1) // per
     for chunk in prange(nchunks):
-        if fast and Wo < DIRECT_MAX_WO:
+        lo, hi = chunk * per, min((chunk + 1) * per, N * C)   # this iteration's planes
+        if fast and Wo < GROUPED_MAX_WO:
             g = group_planes(P)
             sc = np.empty((N_SCRATCH, g * P), dtype=x.dtype)
             gyf = gy.reshape(-1)
-            for p0 in range(chunk * per, min((chunk + 1) * per, N * C), g):
-                _bwd_group_2x2(x, lam4, rho3, gyf, p0, min(p0 + g, (chunk + 1) * per, N * C), C, want_grho,
+            for p0 in range(lo, hi, g):
+                _bwd_group_2x2(x, lam4, rho3, gyf, p0, min(p0 + g, hi), C, want_grho,
                                gx, glam, grho, sc)
         elif fast:
             rows = np.empty((14, Wo), dtype=x.dtype)
-            for nc in range(chunk * per, min((chunk + 1) * per, N * C)):
+            for nc in range(lo, hi):
                 _bwd_plane_2x2(x, lam4, rho3, gy, nc // C, nc % C, want_grho, gx, glam, grho,
                                rows[0], rows[1], rows[2], rows[3], rows[4], rows[5], rows[6], rows[7],
                                rows[8], rows[9], rows[10], rows[11], rows[12], rows[13])
@@ -576,6 +580,6 @@ def maxent_pool2d_bwd_cpu(x, lam4, rho3, gy, kh, kw, sh, sw, ph, pw, per, want_g
             s = np.empty(P, dtype=x.dtype)
             yp = np.empty(P, dtype=x.dtype)
             gl = np.empty(P, dtype=x.dtype)
-            for nc in range(chunk * per, min((chunk + 1) * per, N * C)):
+            for nc in range(lo, hi):
                 _bwd_plane_generic(x, lam4, rho3, gy, nc // C, nc % C, kh, kw, sh, sw, ph, pw, want_grho,
                                    gx, glam, grho, x0, xs, e, lamp, s, yp, gl)
