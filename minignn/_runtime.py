@@ -20,7 +20,6 @@ is imported; ``MINIGNN_NO_TUNING=1`` turns all of it off.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -41,7 +40,7 @@ def tune() -> dict:
     applied["OPENBLAS_THREAD_TIMEOUT"] = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "(numpy loaded first: default)")
     if sys.platform.startswith("linux"):
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            libc = ctypes.CDLL(None)   # the process's own symbols: the C library it runs on
             ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 * 2**20) and libc.mallopt(_M_TRIM_THRESHOLD, 2**30)
             applied["mallopt"] = bool(ok)
         except (OSError, AttributeError):  # not glibc
