@@ -86,23 +86,17 @@ def _umask() -> int:
     return mask
 
 
-def save_checkpoint(path: str, state: dict) -> str:
-    """Write ``state`` (a dict of arrays and plain values) to ``path`` atomically; returns ``path``.
-
-    The previous file at ``path`` stays complete and loadable until the new one is fully on disk.
-    """
-    if not isinstance(state, dict):
-        raise TypeError(f"save_checkpoint: state: expected a dict, got {type(state).__name__}")
-    arrays: dict = {}
-    meta = {"format": FORMAT, "version": VERSION, "state": _pack(state, "", arrays)}
-    meta_bytes = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+def atomic_write(path: str, write, mode: str = "wb") -> str:
+    """Write a file so that an interruption never destroys the previous one: ``write(f)`` fills a
+    temporary file beside ``path``, which is flushed, fsynced and renamed over ``path``; on any
+    error (Ctrl-C included) the temporary file is removed and ``path`` is untouched."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", suffix=".part", dir=folder)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{_META: meta_bytes}, **arrays)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -114,6 +108,19 @@ def save_checkpoint(path: str, state: dict) -> str:
         raise
     _fsync_dir(folder)
     return path
+
+
+def save_checkpoint(path: str, state: dict) -> str:
+    """Write ``state`` (a dict of arrays and plain values) to ``path`` atomically; returns ``path``.
+
+    The previous file at ``path`` stays complete and loadable until the new one is fully on disk.
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"save_checkpoint: state: expected a dict, got {type(state).__name__}")
+    arrays: dict = {}
+    meta = {"format": FORMAT, "version": VERSION, "state": _pack(state, "", arrays)}
+    meta_bytes = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    return atomic_write(path, lambda f: np.savez(f, **{_META: meta_bytes}, **arrays))
 
 
 def load_checkpoint(path: str) -> dict:

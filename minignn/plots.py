@@ -13,6 +13,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .checkpoint import atomic_write
+
 
 def _figure(ncols: int, nrows: int = 1, panel=(4.6, 3.4)):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -24,10 +26,7 @@ def _figure(ncols: int, nrows: int = 1, panel=(4.6, 3.4)):
 
 
 def _save(fig, path: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fig.savefig(path, dpi=110, format="png")
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
 
 
 def curves_figure(history: Sequence[Mapping], title: str | None = None):

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import backend, init
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .loss import SoftmaxCrossEntropy
 from .models import MODELS, POOLS, build_model, count_parameters, pooling_layers
 from .optim import SGD
@@ -154,12 +154,7 @@ def _fmt_time(s: float) -> str:
 
 
 def _write_text_atomic(path: str, text: str):
-    tmp = f"{path}.part"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 class _InterruptGuard:
@@ -517,7 +512,7 @@ class Trainer:
         with open(os.path.join(self.out, METRICS), "a") as f:
             f.write(json.dumps(rec) + "\n")
         if ev["lam"]:
-            np.savez(os.path.join(self.out, "lam.npz"), **ev["lam"])
+            atomic_write(os.path.join(self.out, "lam.npz"), lambda f: np.savez(f, **ev["lam"]))
         elapsed = time.perf_counter() - run_t0
         left = c.epochs - self.epoch
         eta = f", run ETA {_fmt_time(elapsed / max(1, len(self.history)) * left)}" if left else ""

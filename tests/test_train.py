@@ -363,3 +363,19 @@ def test_plots_write_pngs(tmp_path):
     assert [a.get_ylabel() for a in fig.axes] == ["cross-entropy loss", "accuracy (%)"]
     with pytest.raises(ValueError, match="at least one"):
         plots.curves_figure([])
+
+
+def test_atomic_write_keeps_the_previous_file_when_interrupted(tmp_path):
+    """Every run file (checkpoints, metrics, lam.npz, plots) goes through atomic_write."""
+    from minignn.checkpoint import atomic_write
+    path = tmp_path / "summary.json"
+    atomic_write(str(path), lambda f: f.write("old\n"), mode="w")
+
+    def interrupted(f):
+        f.write("half of the new")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(str(path), interrupted, mode="w")
+    assert path.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # no temporary file left
