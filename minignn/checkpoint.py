@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 import zipfile
 
@@ -89,13 +90,16 @@ def _umask() -> int:
 def atomic_write(path: str, write, mode: str = "wb") -> str:
     """Write a file so that an interruption never destroys the previous one: ``write(f)`` fills a
     temporary file beside ``path``, which is flushed, fsynced and renamed over ``path``; on any
-    error (Ctrl-C included) the temporary file is removed and ``path`` is untouched."""
+    error (Ctrl-C included) the temporary file is removed and ``path`` is untouched. Text modes
+    write UTF-8; the new file keeps the mode bits of the one it replaces (a new file gets the
+    usual ``0o666 & ~umask``)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + "-", suffix=".part", dir=folder)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; give it a normal file's mode
-        with os.fdopen(fd, mode) as f:
+        # mkstemp makes it 0600: give it the replaced file's mode, or a normal new file's
+        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path) else 0o666 & ~_umask())
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

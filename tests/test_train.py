@@ -379,3 +379,14 @@ def test_atomic_write_keeps_the_previous_file_when_interrupted(tmp_path):
         atomic_write(str(path), interrupted, mode="w")
     assert path.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]  # no temporary file left
+
+
+def test_atomic_write_keeps_the_replaced_files_mode(tmp_path):
+    import stat as st_mod
+
+    from minignn.checkpoint import atomic_write
+    path = tmp_path / "notes.txt"
+    atomic_write(str(path), lambda f: f.write("a"), mode="w")
+    os.chmod(path, 0o640)
+    atomic_write(str(path), lambda f: f.write("b"), mode="w")
+    assert st_mod.S_IMODE(os.stat(path).st_mode) == 0o640 and path.read_text() == "b"

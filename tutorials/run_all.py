@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import stat
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -68,22 +66,13 @@ def execute(path: Path, fast: bool, timeout: int | None = None):
 
 
 def save_atomic(nb, path: Path) -> None:
-    """Write ``nb`` to ``path`` through a temporary file in the same folder and os.replace."""
+    """Write ``nb`` to ``path`` through a temporary file in the same folder and os.replace (the
+    original's mode bits kept)."""
     import nbformat
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".ipynb.part", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(nb, f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private (0600): keep the original's mode, or the usual 0644
-        os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode) if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    from minignn.checkpoint import atomic_write
+
+    atomic_write(str(path), lambda f: nbformat.write(nb, f), mode="w")
 
 
 def main(argv=None) -> int:
