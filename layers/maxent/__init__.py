@@ -81,7 +81,12 @@ def _is_scalar(v) -> bool:
     return hasattr(v, "shape") and hasattr(v, "dtype") and len(v.shape) == 0
 
 
-def _check_finite(xp, a, name, where):
+def _check_like_x(xp, a, name, x, where):
+    """An array argument (lam or rho): x's dtype, x's device, finite values."""
+    check_array(a, name, where=where, dtype=x.dtype)
+    if backend.is_gpu_array(a) != backend.is_gpu_array(x):
+        raise TypeError(f"{where}: {name}: expected an array on the same device as x ({backend.device_of(x)}),"
+                        f" got one on {backend.device_of(a)}")
     if not bool(xp.isfinite(a).all()):
         raise ValueError(f"{where}: {name}: expected finite values, got non-finite entries (NaN or inf)")
 
@@ -105,11 +110,7 @@ def _normalise_lam(lam, x, Ho, Wo, where):
     if shape not in forms:
         raise ValueError(f"{where}: lam: expected a float or an array of shape (C,) = {(C,)}, (N, C) = {(N, C)}"
                          f" or (N, C, Ho, Wo) = {(N, C, Ho, Wo)}, got shape {shape}")
-    check_array(lam, "lam", where=where, dtype=x.dtype)
-    if backend.is_gpu_array(lam) != backend.is_gpu_array(x):
-        raise TypeError(f"{where}: lam: expected an array on the same device as x ({backend.device_of(x)}),"
-                        f" got one on {backend.device_of(lam)}")
-    _check_finite(xp, lam, "lam", where)
+    _check_like_x(xp, lam, "lam", x, where)
     form = forms[shape]
     lam4 = {"C": lambda a: a.reshape(1, C, 1, 1), "NC": lambda a: a.reshape(N, C, 1, 1),
             "NCHW": lambda a: a}[form](xp.ascontiguousarray(lam))
@@ -130,11 +131,7 @@ def _normalise_rho(rho, x, kh, kw, where):
     if shape not in forms:
         raise ValueError(f"{where}: rho: expected shape (C, K) = {(C, K)} or (N, C, K) = {(N, C, K)},"
                          f" K = kh*kw = {K} offsets of the {kh}x{kw} window, got shape {shape}")
-    check_array(rho, "rho", where=where, dtype=x.dtype)
-    if backend.is_gpu_array(rho) != backend.is_gpu_array(x):
-        raise TypeError(f"{where}: rho: expected an array on the same device as x ({backend.device_of(x)}),"
-                        f" got one on {backend.device_of(rho)}")
-    _check_finite(xp, rho, "rho", where)
+    _check_like_x(xp, rho, "rho", x, where)
     form = forms[shape]
     rho3 = xp.ascontiguousarray(rho).reshape(1 if form == "CK" else N, C, K)
     return rho3, form
