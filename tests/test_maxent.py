@@ -18,7 +18,6 @@ from minignn.gradcheck import check_gradients
 from minignn.layers import maxent_pool2d_backward, maxent_pool2d_forward
 from minignn.layers.maxent import cpu as mcpu
 from minignn.layers.maxent.reference import maxent_pool2d_backward_ref, maxent_pool2d_forward_ref
-from minignn.layers.maxent.cpu import GROUPED_MAX_WO
 
 # the `device` fixture is a plain string, so reusing it across generated inputs is safe
 device_ok = settings(suppress_health_check=list(settings().suppress_health_check) + [HealthCheck.function_scoped_fixture])
@@ -50,9 +49,8 @@ def geometries(draw, path="any", pad=True, max_k=4):
     h = draw(st.integers(max(1, k[0] - 2 * p[0]), k[0] + 6))
     w = draw(st.integers(max(1, k[1] - 2 * p[1]), k[1] + 6))
     if (k, s, p) == ((2, 2), (2, 2), (0, 0)) and draw(st.booleans()):
-        # the fused 2x2 path has two inner loops: windows of several planes gathered into
-        # columns for narrow planes, de-interleaved rows from Wo = GROUPED_MAX_WO on; reach both
-        w = draw(st.integers(2 * GROUPED_MAX_WO, 2 * GROUPED_MAX_WO + 3))
+        # wider planes too: rows of 16 windows and more (a vector register of float32 and more)
+        w = draw(st.integers(32, 35))
     return (draw(st.integers(1, 3)), draw(st.integers(1, 3)), h, w), k, s, p
 
 
@@ -419,10 +417,12 @@ def test_kernels_match_reference(device, lam_form, rho_form, path, data, dtype, 
         assert np.all(np.abs(grho - grho_r) <= tol_grho), "grho"
 
 
-@pytest.mark.parametrize("width", [8, 2 * GROUPED_MAX_WO + 1])
-def test_both_kernel_paths_agree_on_the_fast_geometry(width):
-    """2x2 stride 2 (the fused path, both of its inner loops) equals every other window of 2x2
-    stride 1 (the generic path): the paths agree on the same windows, forward and backward."""
+@pytest.mark.parametrize("width, tile", [(8, 1024), (33, 1024), (33, 32), (12, 1)])
+def test_both_kernel_paths_agree_on_the_fast_geometry(width, tile, monkeypatch):
+    """2x2 stride 2 (the fused path) equals every other window of 2x2 stride 1 (the generic
+    path): the paths agree on the same windows, forward and backward; also when the fused path
+    splits each plane into blocks of rows (``tile`` windows per block: one row, two rows)."""
+    monkeypatch.setattr(mcpu, "TILE", tile)
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 6, width)).astype(np.float32)
     lam = rng.uniform(-2, 2, (2, 3)).astype(np.float32)
@@ -435,6 +435,38 @@ def test_both_kernel_paths_agree_on_the_fast_geometry(width):
     gx_g, gl_g, _ = maxent_pool2d_backward(gy, sv_gen)
     assert_close(gx_f, gx_g, rtol=1e-5, atol=1e-6, name="fast vs generic path gx")
     assert_close(gl_f, gl_g, rtol=1e-5, atol=1e-6, name="fast vs generic path glam")
+
+
+@settings(deadline=None)
+@given(data=st.data())
+def test_fused_path_blocks_agree_with_whole_planes(data):
+    """The fused 2x2 path gives the same results whether a plane is one block or several (every
+    lam form, with and without rho): y and gx exactly (the same arithmetic per window), glam and
+    grho to float32 rounding (their sums are split differently)."""
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    N, C = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
+    H, W = data.draw(st.integers(2, 9)), data.draw(st.integers(2, 37))
+    Ho, Wo = H // 2, W // 2
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    lam = data.draw(st.sampled_from([0.7, (C,), (N, C), (N, C, Ho, Wo)]))
+    if isinstance(lam, tuple):
+        lam = rng.uniform(-3, 3, lam).astype(np.float32)
+    rho = data.draw(st.sampled_from([None, (C, 4), (N, C, 4)]))
+    if rho is not None:
+        rho = rng.uniform(-1, 1, rho).astype(np.float32)
+    gy = rng.standard_normal((N, C, Ho, Wo)).astype(np.float32)
+    results = []
+    for tile in (1024, data.draw(st.integers(1, 2 * Wo))):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(mcpu, "TILE", tile)
+            y, saved = maxent_pool2d_forward(x, lam, rho)
+            results.append((y,) + tuple(maxent_pool2d_backward(gy, saved)))
+    (y1, gx1, gl1, gr1), (y2, gx2, gl2, gr2) = results
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(gx1, gx2)
+    assert_close(gl1, gl2, rtol=1e-5, atol=1e-5, name="glam, blocks vs whole planes")
+    if rho is not None:
+        assert_close(gr1, gr2, rtol=1e-5, atol=1e-5, name="grho, blocks vs whole planes")
 
 
 # ---------------------------------------------------------------------------------------------

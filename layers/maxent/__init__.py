@@ -139,7 +139,8 @@ def _normalise_rho(rho, x, kh, kw, where):
 
 def _forward_cpu(x, lam4, rho3, geometry, y_shape):
     y = np.empty(y_shape, dtype=x.dtype)
-    _cpu.maxent_pool2d_fwd_cpu(x, lam4, rho3, *geometry, _cpu.planes_per_chunk(x.shape[0] * x.shape[1]), y)
+    _cpu.maxent_pool2d_fwd_cpu(x, lam4, rho3, *geometry, _cpu.planes_per_chunk(x.shape[0] * x.shape[1]),
+                               _cpu.rows_per_block(*y_shape[2:]), y)
     return y
 
 
@@ -150,7 +151,7 @@ def _backward_cpu(x, lam4, rho3, gy, geometry, want_grho):
     glam = np.empty((N, C, lam4.shape[2], lam4.shape[3]), dtype=x.dtype)
     grho = np.empty((N, C, K), dtype=x.dtype)
     _cpu.maxent_pool2d_bwd_cpu(x, lam4, rho3, gy, *geometry, _cpu.planes_per_chunk(x.shape[0] * x.shape[1]),
-                               want_grho, gx, glam, grho)
+                               _cpu.rows_per_block(*gy.shape[2:]), want_grho, gx, glam, grho)
     return gx, glam, grho
 
 

@@ -10,16 +10,12 @@ Parallel over (n, c) planes (``prange`` over chunks of planes, each allocating i
 a plane's iteration is the only writer of that plane's outputs, so the loop is race-free, and
 overlapping windows accumulate serially inside their plane.
 
-Three window loops exist, chosen per call:
+Two window loops exist, chosen per call:
 
-* ``_fwd_plane_2x2`` / ``_bwd_plane_2x2``: 2x2 / stride 2 / no padding on planes at least
-  ``GROUPED_MAX_WO`` windows wide, fused: per output row the four window offsets are
-  de-interleaved into contiguous scratch rows, then one loop over the row's windows computes max,
-  exps, sums and gradients.
-* ``_fwd_group_2x2`` / ``_bwd_group_2x2``: the same geometry on narrower planes (16x16 and less,
-  the later pools of a CIFAR net), where rows are too short to vectorise: the windows of a group
-  of consecutive planes are gathered into scratch columns and one long loop does the arithmetic
-  (the per-row version was 3-5x slower there, mostly set-up).
+* ``_fwd_plane_2x2`` / ``_bwd_plane_2x2``: 2x2 / stride 2 / no padding, fused: a plane in blocks
+  of whole output rows (about ``TILE`` windows; the whole plane for the planes of a CIFAR net),
+  each block's windows de-interleaved into contiguous scratch, then one loop over the block
+  computes max, exps, sums and gradients.
 * ``_fwd_plane_generic`` / ``_bwd_plane_generic``: any kernel, stride and padding. The plane's
   windows are laid out as (K, P) scratch (K = kh*kw offsets, P = Ho*Wo windows; padded cells get
   z = -inf, so exp gives 0 and they drop out of the softmax), and every pass runs over P
@@ -29,7 +25,8 @@ Both keep every loop free of exceptions (``error_model="numpy"``: float division
 and of mixed precision, so LLVM vectorises them, the exponential included: :func:`fexp` is a
 range reduction + polynomial (below) for float32 and libm ``exp`` for float64 (used for exact
 gradient checks, where speed is not the aim). No fastmath: NaN and inf keep their meaning, and
-float reductions are not reordered (per-column accumulators stand in for vector reductions).
+float reductions are not reordered (:func:`_sum_lanes` keeps 16 partial sums in place of a
+vector reduction).
 
 Shifted data: both loops exponentiate z = lam (X_q - x0) + rho_q, with x0 the window's top-left
 real cell, and form Y = x0 + sum_q W_q (X_q - x0) (the constant lam x0 cancels in the softmax).
@@ -134,95 +131,159 @@ def planes_per_chunk(NC):
 
 # ---------------------------------------------------------------------------------------------
 # The common case: 2x2 windows, stride 2, no padding (rho offsets ra rb / rc rd, row-major).
+#
+# A plane is done in blocks of whole output rows, about TILE windows each (the whole plane up to
+# 32x32 outputs): the block's windows are de-interleaved into contiguous scratch (the first cell
+# a, the deviations of the other three from it, lam and gy per window), one loop over the block
+# does the arithmetic, vectorised exps included, and the results go back to their places. One
+# long loop per block instead of one per output row: rows of a CIFAR net are 16 windows wide or
+# less, too short for the vector loop (the per-row version was 1.7x slower at 16x16 outputs, and
+# needed a third loop for narrower planes).
 # ---------------------------------------------------------------------------------------------
-@njit(**_KW)
-def _load_rows_2x2(x, n, c, ho, lam4, nl, cl, hl, wl, xa, xb, xc, xd, lrow):
-    """De-interleave the two input rows of output row ho into contiguous xa xb / xc xd, and lam
-    into lrow when lam varies per position (else lrow already holds the plane's lam)."""
-    Wo = xa.shape[0]
-    for wo in range(Wo):
-        xa[wo] = x[n, c, 2 * ho, 2 * wo]
-        xb[wo] = x[n, c, 2 * ho, 2 * wo + 1]
-        xc[wo] = x[n, c, 2 * ho + 1, 2 * wo]
-        xd[wo] = x[n, c, 2 * ho + 1, 2 * wo + 1]
-    if hl or wl:
+TILE = 1024
+LANES = 16                             # partial sums of _sum_lanes: 16 float32 = one AVX-512 register
+
+
+def rows_per_block(Ho: int, Wo: int) -> int:
+    """Output rows per block on the 2x2 path: about TILE windows, at least one row."""
+    return max(1, min(Ho, TILE // max(1, Wo)))
+
+
+@njit(inline="always", **_KW)
+def _gather_2x2(x, lam4, n, c, nl, cl, hl, wl, h0, h1, xa, ub, uc, ud, lv):
+    """Windows of output rows [h0, h1) of plane (n, c) into xa (first cell) and ub uc ud (the
+    other three minus it: exact for close values), lam per window into lv; returns their count."""
+    Wo = (x.shape[3]) // 2
+    i = 0
+    for ho in range(h0, h1):
         for wo in range(Wo):
-            lrow[wo] = lam4[nl, cl, ho * hl, wo * wl]
+            a = x[n, c, 2 * ho, 2 * wo]
+            xa[i] = a
+            ub[i] = x[n, c, 2 * ho, 2 * wo + 1] - a
+            uc[i] = x[n, c, 2 * ho + 1, 2 * wo] - a
+            ud[i] = x[n, c, 2 * ho + 1, 2 * wo + 1] - a
+            i += 1
+    if hl or wl:
+        i = 0
+        for ho in range(h0, h1):
+            for wo in range(Wo):
+                lv[i] = lam4[nl, cl, ho * hl, wo * wl]
+                i += 1
+    else:
+        lam = lam4[nl, cl, 0, 0]
+        for j in range(i):
+            lv[j] = lam
+    return i
 
 
-@njit(**_KW)
-def _fwd_plane_2x2(x, lam4, rho3, n, c, y, xa, xb, xc, xd, lrow):
+@njit(inline="always", **_KW)
+def _sum_lanes(a, L, lanes):
+    """sum of a[:L] with len(lanes) independent partial sums (a vector register's worth, so the
+    loop vectorises without fastmath; the order is fixed, so the result is deterministic)."""
+    V = lanes.shape[0]
+    lanes[:] = 0
+    i = 0
+    while i + V <= L:
+        for j in range(V):
+            lanes[j] += a[i + j]
+        i += V
+    s = lanes[0]
+    for j in range(1, V):
+        s += lanes[j]
+    while i < L:
+        s += a[i]
+        i += 1
+    return s
+
+
+@njit(inline="always", **_KW)
+def _fwd_plane_2x2(x, lam4, rho3, n, c, rb, yf, xa, ub, uc, ud, lv):
+    C = x.shape[1]
+    Ho, Wo = x.shape[2] // 2, x.shape[3] // 2
     nl = n if lam4.shape[0] > 1 else 0
     cl = c if lam4.shape[1] > 1 else 0
     hl = 1 if lam4.shape[2] > 1 else 0
     wl = 1 if lam4.shape[3] > 1 else 0
     nr = n if rho3.shape[0] > 1 else 0
     cr = c if rho3.shape[1] > 1 else 0
-    ra, rb, rc, rd = rho3[nr, cr, 0], rho3[nr, cr, 1], rho3[nr, cr, 2], rho3[nr, cr, 3]
-    Ho, Wo = y.shape[2], y.shape[3]
-    lrow[:] = lam4[nl, cl, 0, 0]
-    for ho in range(Ho):
-        _load_rows_2x2(x, n, c, ho, lam4, nl, cl, hl, wl, xa, xb, xc, xd, lrow)
-        for wo in range(Wo):
-            a, lam = xa[wo], lrow[wo]
-            # shifted data: deviations from the window's first cell a (exact for close values)
-            ub, uc, ud = xb[wo] - a, xc[wo] - a, xd[wo] - a
-            za, zb, zc, zd = ra, lam * ub + rb, lam * uc + rc, lam * ud + rd
+    ra, rb_, rc, rd = rho3[nr, cr, 0], rho3[nr, cr, 1], rho3[nr, cr, 2], rho3[nr, cr, 3]
+    for h0 in range(0, Ho, rb):
+        h1 = min(Ho, h0 + rb)
+        L = _gather_2x2(x, lam4, n, c, nl, cl, hl, wl, h0, h1, xa, ub, uc, ud, lv)
+        base = ((n * C + c) * Ho + h0) * Wo          # y is C-contiguous: the block's outputs in a run
+        for i in range(L):
+            a, lam = xa[i], lv[i]
+            b, d, e = ub[i], uc[i], ud[i]
+            za, zb, zc, zd = ra, lam * b + rb_, lam * d + rc, lam * e + rd
             m = _fmax(_fmax(za, zb), _fmax(zc, zd))     # each window's own max: no overflow
             ea, eb, ec, ed = fexp(za - m), fexp(zb - m), fexp(zc - m), fexp(zd - m)
-            y[n, c, ho, wo] = a + (eb * ub + ec * uc + ed * ud) / (ea + eb + ec + ed)
+            yf[base + i] = a + (eb * b + ec * d + ed * e) / (ea + eb + ec + ed)
 
 
-@njit(**_KW)
-def _bwd_plane_2x2(x, lam4, rho3, gy, n, c, want_grho, gx, glam, grho, xa, xb, xc, xd, lrow,
-                   ga, gb, gc, gd, acc_l, acc_a, acc_b, acc_c, acc_d):
+@njit(inline="always", **_KW)
+def _bwd_plane_2x2(x, lam4, rho3, gy, n, c, rb, want_grho, gx, glam, grho,
+                   xa, ub, uc, ud, lv, gv, gl, pa_, pb_, pc_, pd_, lanes):
+    H, W = x.shape[2], x.shape[3]
+    Ho, Wo = H // 2, W // 2
     nl = n if lam4.shape[0] > 1 else 0
     cl = c if lam4.shape[1] > 1 else 0
     hl = 1 if lam4.shape[2] > 1 else 0
     wl = 1 if lam4.shape[3] > 1 else 0
     nr = n if rho3.shape[0] > 1 else 0
     cr = c if rho3.shape[1] > 1 else 0
-    ra, rb, rc, rd = rho3[nr, cr, 0], rho3[nr, cr, 1], rho3[nr, cr, 2], rho3[nr, cr, 3]
-    Ho, Wo = gy.shape[2], gy.shape[3]
-    H, W = x.shape[2], x.shape[3]
-    lrow[:] = lam4[nl, cl, 0, 0]
-    acc_l[:] = 0
-    acc_a[:] = 0
-    acc_b[:] = 0
-    acc_c[:] = 0
-    acc_d[:] = 0
-    for ho in range(Ho):
-        _load_rows_2x2(x, n, c, ho, lam4, nl, cl, hl, wl, xa, xb, xc, xd, lrow)
-        for wo in range(Wo):
-            a, lam = xa[wo], lrow[wo]
-            ub, uc, ud = xb[wo] - a, xc[wo] - a, xd[wo] - a            # shifted data, as the forward
-            za, zb, zc, zd = ra, lam * ub + rb, lam * uc + rc, lam * ud + rd
+    ra, rb_, rc, rd = rho3[nr, cr, 0], rho3[nr, cr, 1], rho3[nr, cr, 2], rho3[nr, cr, 3]
+    lanes[0] = 0
+    s_l = lanes[0]                        # plane sums (in x's dtype): glam, grho
+    s_a, s_b, s_c, s_d = s_l, s_l, s_l, s_l
+    for h0 in range(0, Ho, rb):
+        h1 = min(Ho, h0 + rb)
+        L = _gather_2x2(x, lam4, n, c, nl, cl, hl, wl, h0, h1, xa, ub, uc, ud, lv)
+        i = 0
+        for ho in range(h0, h1):
+            for wo in range(Wo):
+                gv[i] = gy[n, c, ho, wo]
+                i += 1
+        for i in range(L):
+            lam, b, d, e = lv[i], ub[i], uc[i], ud[i]
+            za, zb, zc, zd = ra, lam * b + rb_, lam * d + rc, lam * e + rd
             m = _fmax(_fmax(za, zb), _fmax(zc, zd))
             ea, eb, ec, ed = fexp(za - m), fexp(zb - m), fexp(zc - m), fexp(zd - m)
             inv = _ONE / (ea + eb + ec + ed)
-            t = (eb * ub + ec * uc + ed * ud) * inv                    # Y - a
-            g = gy[n, c, ho, wo] * inv
+            t = (eb * b + ec * d + ed * e) * inv                     # Y - a
+            g = gv[i] * inv
             ea, eb, ec, ed = ea * g, eb * g, ec * g, ed * g           # gy * W_q
-            da, db, dc, dd = -t, ub - t, uc - t, ud - t                # X_q - Y (two-pass, shifted)
+            da, db, dc, dd = -t, b - t, d - t, e - t                   # X_q - Y (two-pass, shifted)
             pa, pb, pc, pd = ea * da, eb * db, ec * dc, ed * dd        # gy W_q (X_q - Y): Eq. 10
-            ga[wo] = ea + lam * pa                                     # gy W_q (1 + lam (X_q - Y)): Eq. 8
-            gb[wo] = eb + lam * pb
-            gc[wo] = ec + lam * pc
-            gd[wo] = ed + lam * pd
-            acc_l[wo] += pa * da + pb * db + pc * dc + pd * dd         # Eq. 9, summed down the column
-            acc_a[wo] += pa
-            acc_b[wo] += pb
-            acc_c[wo] += pc
-            acc_d[wo] += pd
-        for wo in range(Wo):
-            gx[n, c, 2 * ho, 2 * wo] = ga[wo]
-            gx[n, c, 2 * ho, 2 * wo + 1] = gb[wo]
-            gx[n, c, 2 * ho + 1, 2 * wo] = gc[wo]
-            gx[n, c, 2 * ho + 1, 2 * wo + 1] = gd[wo]
-        if hl or wl:                     # lam per position: its gradient too, row by row
+            gl[i] = pa * da + pb * db + pc * dc + pd * dd              # Eq. 9
+            pa_[i] = pa
+            pb_[i] = pb
+            pc_[i] = pc
+            pd_[i] = pd
+            xa[i] = ea + lam * pa                                      # Eq. 8, into spent scratch
+            ub[i] = eb + lam * pb
+            uc[i] = ec + lam * pc
+            ud[i] = ed + lam * pd
+        i = 0
+        for ho in range(h0, h1):
             for wo in range(Wo):
-                glam[n, c, ho, wo] = acc_l[wo]
-                acc_l[wo] = 0
+                gx[n, c, 2 * ho, 2 * wo] = xa[i]
+                gx[n, c, 2 * ho, 2 * wo + 1] = ub[i]
+                gx[n, c, 2 * ho + 1, 2 * wo] = uc[i]
+                gx[n, c, 2 * ho + 1, 2 * wo + 1] = ud[i]
+                i += 1
+        if hl or wl:                     # lam per position: its gradient per position
+            i = 0
+            for ho in range(h0, h1):
+                for wo in range(Wo):
+                    glam[n, c, ho, wo] = gl[i]
+                    i += 1
+        else:
+            s_l += _sum_lanes(gl, L, lanes)
+        if want_grho:
+            s_a += _sum_lanes(pa_, L, lanes)
+            s_b += _sum_lanes(pb_, L, lanes)
+            s_c += _sum_lanes(pc_, L, lanes)
+            s_d += _sum_lanes(pd_, L, lanes)
     # a last odd row / column is in no window
     for h in range(2 * Ho, H):
         for w in range(W):
@@ -231,141 +292,12 @@ def _bwd_plane_2x2(x, lam4, rho3, gy, n, c, want_grho, gx, glam, grho, xa, xb, x
         for w in range(2 * Wo, W):
             gx[n, c, h, w] = 0
     if not (hl or wl):
-        s = acc_l[0]
-        for wo in range(1, Wo):
-            s += acc_l[wo]
-        glam[n, c, 0, 0] = s
+        glam[n, c, 0, 0] = s_l
     if want_grho:
-        grho[n, c, 0] = np.sum(acc_a)
-        grho[n, c, 1] = np.sum(acc_b)
-        grho[n, c, 2] = np.sum(acc_c)
-        grho[n, c, 3] = np.sum(acc_d)
-
-
-# Narrow planes (Wo below GROUPED_MAX_WO): rows are too short for per-row loops to vectorise (the
-# per-row and per-plane set-up dominated: ~750 ns per 4x4 plane backward). Instead the windows of
-# a group of consecutive planes (about TILE windows) are gathered into scratch columns, one
-# long loop over all of them does the arithmetic (vectorised, exps included), and the results go
-# back: y and a per-position glam are contiguous over consecutive planes; gx is scattered; the
-# per-plane sums of glam and grho add up each plane's run of P = Ho*Wo windows.
-GROUPED_MAX_WO = 16
-TILE = 1024
-
-# rows of the scratch array
-_XA, _UB, _UC, _UD, _LV, _RA, _RB, _RC, _RD, _GL, _PA, _PB, _PC, _PD = range(14)
-N_SCRATCH = 14
-
-
-@njit(**_KW)
-def group_planes(P):
-    """Planes per group on the narrow-plane path: about TILE windows."""
-    return max(1, TILE // P)
-
-
-@njit(**_KW)
-def _gather_2x2(x, lam4, rho3, p0, p1, C, Ho, Wo, sc):
-    """Windows of planes [p0, p1) into scratch columns: the first cell a, the deviations of the
-    other three from it (exact for close values), lam and rho per window."""
-    hl = 1 if lam4.shape[2] > 1 else 0
-    wl = 1 if lam4.shape[3] > 1 else 0
-    i = 0
-    for pl in range(p0, p1):
-        n = pl // C
-        c = pl - n * C
-        nl = n if lam4.shape[0] > 1 else 0
-        cl = c if lam4.shape[1] > 1 else 0
-        nr = n if rho3.shape[0] > 1 else 0
-        cr = c if rho3.shape[1] > 1 else 0
-        r0, r1, r2, r3 = rho3[nr, cr, 0], rho3[nr, cr, 1], rho3[nr, cr, 2], rho3[nr, cr, 3]
-        for ho in range(Ho):
-            for wo in range(Wo):
-                a = x[n, c, 2 * ho, 2 * wo]
-                sc[_XA, i] = a
-                sc[_UB, i] = x[n, c, 2 * ho, 2 * wo + 1] - a
-                sc[_UC, i] = x[n, c, 2 * ho + 1, 2 * wo] - a
-                sc[_UD, i] = x[n, c, 2 * ho + 1, 2 * wo + 1] - a
-                sc[_LV, i] = lam4[nl, cl, ho * hl, wo * wl]
-                sc[_RA, i] = r0
-                sc[_RB, i] = r1
-                sc[_RC, i] = r2
-                sc[_RD, i] = r3
-                i += 1
-    return i
-
-
-@njit(**_KW)
-def _fwd_group_2x2(x, lam4, rho3, p0, p1, C, yf, sc):
-    Ho, Wo = x.shape[2] // 2, x.shape[3] // 2
-    L = _gather_2x2(x, lam4, rho3, p0, p1, C, Ho, Wo, sc)
-    base = p0 * Ho * Wo                   # y of consecutive planes is contiguous
-    for i in range(L):
-        lam, ub, uc, ud = sc[_LV, i], sc[_UB, i], sc[_UC, i], sc[_UD, i]
-        za, zb, zc, zd = sc[_RA, i], lam * ub + sc[_RB, i], lam * uc + sc[_RC, i], lam * ud + sc[_RD, i]
-        m = _fmax(_fmax(za, zb), _fmax(zc, zd))
-        ea, eb, ec, ed = fexp(za - m), fexp(zb - m), fexp(zc - m), fexp(zd - m)
-        yf[base + i] = sc[_XA, i] + (eb * ub + ec * uc + ed * ud) / (ea + eb + ec + ed)
-
-
-@njit(**_KW)
-def _bwd_group_2x2(x, lam4, rho3, gyf, p0, p1, C, want_grho, gx, glam, grho, sc):
-    H, W = x.shape[2], x.shape[3]
-    Ho, Wo = H // 2, W // 2
-    P = Ho * Wo
-    L = _gather_2x2(x, lam4, rho3, p0, p1, C, Ho, Wo, sc)
-    base = p0 * P
-    for i in range(L):
-        lam, ub, uc, ud = sc[_LV, i], sc[_UB, i], sc[_UC, i], sc[_UD, i]
-        za, zb, zc, zd = sc[_RA, i], lam * ub + sc[_RB, i], lam * uc + sc[_RC, i], lam * ud + sc[_RD, i]
-        m = _fmax(_fmax(za, zb), _fmax(zc, zd))
-        ea, eb, ec, ed = fexp(za - m), fexp(zb - m), fexp(zc - m), fexp(zd - m)
-        inv = _ONE / (ea + eb + ec + ed)
-        t = (eb * ub + ec * uc + ed * ud) * inv                    # Y - a
-        g = gyf[base + i] * inv
-        ea, eb, ec, ed = ea * g, eb * g, ec * g, ed * g           # gy * W_q
-        da, db, dc, dd = -t, ub - t, uc - t, ud - t                # X_q - Y (two-pass, shifted)
-        pa, pb, pc, pd = ea * da, eb * db, ec * dc, ed * dd        # gy W_q (X_q - Y): Eq. 10
-        sc[_GL, i] = pa * da + pb * db + pc * dc + pd * dd         # Eq. 9
-        sc[_PA, i] = pa
-        sc[_PB, i] = pb
-        sc[_PC, i] = pc
-        sc[_PD, i] = pd
-        sc[_XA, i] = ea + lam * pa                                 # Eq. 8, into the spent columns
-        sc[_UB, i] = eb + lam * pb
-        sc[_UC, i] = ec + lam * pc
-        sc[_UD, i] = ed + lam * pd
-    per_position = glam.shape[2] > 1 or glam.shape[3] > 1
-    i = 0
-    for pl in range(p0, p1):
-        n = pl // C
-        c = pl - n * C
-        i0 = i
-        for ho in range(Ho):
-            for wo in range(Wo):
-                gx[n, c, 2 * ho, 2 * wo] = sc[_XA, i]
-                gx[n, c, 2 * ho, 2 * wo + 1] = sc[_UB, i]
-                gx[n, c, 2 * ho + 1, 2 * wo] = sc[_UC, i]
-                gx[n, c, 2 * ho + 1, 2 * wo + 1] = sc[_UD, i]
-                if per_position:
-                    glam[n, c, ho, wo] = sc[_GL, i]
-                i += 1
-        for h in range(2 * Ho, H):        # a last odd row / column is in no window
-            for w in range(W):
-                gx[n, c, h, w] = 0
-        for h in range(2 * Ho):
-            for w in range(2 * Wo, W):
-                gx[n, c, h, w] = 0
-        if not per_position:
-            acc = sc[_GL, i0]
-            for k in range(i0 + 1, i):
-                acc += sc[_GL, k]
-            glam[n, c, 0, 0] = acc
-        if want_grho:
-            for q in range(4):
-                acc = sc[_PA + q, i0]
-                for k in range(i0 + 1, i):
-                    acc += sc[_PA + q, k]
-                grho[n, c, q] = acc
-
+        grho[n, c, 0] = s_a
+        grho[n, c, 1] = s_b
+        grho[n, c, 2] = s_c
+        grho[n, c, 3] = s_d
 
 # ---------------------------------------------------------------------------------------------
 # Any geometry: the plane's windows as (K, P) scratch.
@@ -506,9 +438,10 @@ def _bwd_plane_generic(x, lam4, rho3, gy, n, c, kh, kw, sh, sw, ph, pw, want_grh
 # The kernels.
 # ---------------------------------------------------------------------------------------------
 @pjit(**_KW)
-def maxent_pool2d_fwd_cpu(x, lam4, rho3, kh, kw, sh, sw, ph, pw, per, y):
+def maxent_pool2d_fwd_cpu(x, lam4, rho3, kh, kw, sh, sw, ph, pw, per, rb, y):
     """Forward: y (N, C, Ho, Wo) <- max-entropy pooling of x (N, C, H, W); ``per`` planes per
-    parallel iteration (:func:`planes_per_chunk`)."""
+    parallel iteration (:func:`planes_per_chunk`), ``rb`` output rows per block on the 2x2 path
+    (:func:`rows_per_block`)."""
     N, C = x.shape[0], x.shape[1]
     Ho, Wo = y.shape[2], y.shape[3]
     K = kh * kw
@@ -517,20 +450,16 @@ def maxent_pool2d_fwd_cpu(x, lam4, rho3, kh, kw, sh, sw, ph, pw, per, y):
     nchunks = (N * C + per - 1) // per
     for chunk in prange(nchunks):
         lo, hi = chunk * per, min((chunk + 1) * per, N * C)   # this iteration's planes
-        if fast and Wo < GROUPED_MAX_WO:
-            g = group_planes(P)
-            sc = np.empty((N_SCRATCH, g * P), dtype=x.dtype)
+        if fast:
+            L = rb * Wo
+            xa = np.empty(L, dtype=x.dtype)
+            ub = np.empty(L, dtype=x.dtype)
+            uc = np.empty(L, dtype=x.dtype)
+            ud = np.empty(L, dtype=x.dtype)
+            lv = np.empty(L, dtype=x.dtype)
             yf = y.reshape(-1)
-            for p0 in range(lo, hi, g):
-                _fwd_group_2x2(x, lam4, rho3, p0, min(p0 + g, hi), C, yf, sc)
-        elif fast:
-            xa = np.empty(Wo, dtype=x.dtype)
-            xb = np.empty(Wo, dtype=x.dtype)
-            xc = np.empty(Wo, dtype=x.dtype)
-            xd = np.empty(Wo, dtype=x.dtype)
-            lrow = np.empty(Wo, dtype=x.dtype)
             for nc in range(lo, hi):
-                _fwd_plane_2x2(x, lam4, rho3, nc // C, nc % C, y, xa, xb, xc, xd, lrow)
+                _fwd_plane_2x2(x, lam4, rho3, nc // C, nc % C, rb, yf, xa, ub, uc, ud, lv)
         else:
             x0 = np.empty(P, dtype=x.dtype)
             xs = np.empty((K, P), dtype=x.dtype)
@@ -543,7 +472,7 @@ def maxent_pool2d_fwd_cpu(x, lam4, rho3, kh, kw, sh, sw, ph, pw, per, y):
 
 
 @pjit(**_KW)
-def maxent_pool2d_bwd_cpu(x, lam4, rho3, gy, kh, kw, sh, sw, ph, pw, per, want_grho, gx, glam, grho):
+def maxent_pool2d_bwd_cpu(x, lam4, rho3, gy, kh, kw, sh, sw, ph, pw, per, rb, want_grho, gx, glam, grho):
     """Backward (Eq. 8-10), recomputing the softmax from x.
 
     gx (N, C, H, W) <- sum over the windows holding each cell of gy W_q (1 + lam (X_q - Y))
@@ -559,19 +488,14 @@ def maxent_pool2d_bwd_cpu(x, lam4, rho3, gy, kh, kw, sh, sw, ph, pw, per, want_g
     nchunks = (N * C + per - 1) // per
     for chunk in prange(nchunks):
         lo, hi = chunk * per, min((chunk + 1) * per, N * C)   # this iteration's planes
-        if fast and Wo < GROUPED_MAX_WO:
-            g = group_planes(P)
-            sc = np.empty((N_SCRATCH, g * P), dtype=x.dtype)
-            gyf = gy.reshape(-1)
-            for p0 in range(lo, hi, g):
-                _bwd_group_2x2(x, lam4, rho3, gyf, p0, min(p0 + g, hi), C, want_grho,
-                               gx, glam, grho, sc)
-        elif fast:
-            rows = np.empty((14, Wo), dtype=x.dtype)
+        if fast:
+            L = rb * Wo
+            sc = np.empty((11, L), dtype=x.dtype)
+            lanes = np.empty(LANES, dtype=x.dtype)
             for nc in range(lo, hi):
-                _bwd_plane_2x2(x, lam4, rho3, gy, nc // C, nc % C, want_grho, gx, glam, grho,
-                               rows[0], rows[1], rows[2], rows[3], rows[4], rows[5], rows[6], rows[7],
-                               rows[8], rows[9], rows[10], rows[11], rows[12], rows[13])
+                _bwd_plane_2x2(x, lam4, rho3, gy, nc // C, nc % C, rb, want_grho, gx, glam, grho,
+                               sc[0], sc[1], sc[2], sc[3], sc[4], sc[5], sc[6], sc[7], sc[8], sc[9],
+                               sc[10], lanes)
         else:
             x0 = np.empty(P, dtype=x.dtype)
             xs = np.empty((K, P), dtype=x.dtype)
