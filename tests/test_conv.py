@@ -26,6 +26,13 @@ def geometries(draw, max_n=3, max_c=4, max_k=5, max_extra=6):
     kh, kw = draw(st.integers(1, max_k)), draw(st.integers(1, max_k))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     ph, pw = draw(st.integers(0, min(2, kh))), draw(st.integers(0, min(2, kw)))
+    if draw(st.booleans()):
+        # "same" width at stride 1 (Wo == W: 3x3 padding 1, 1x1, 5x5 padding 2...), the
+        # kernels' shifted-copy path; the rows keep any kernel, stride and padding
+        kw = draw(st.sampled_from([1, 3, 5]))
+        sw, pw = 1, kw // 2
+        if draw(st.booleans()):
+            sh, kh, ph = 1, kw, pw
     h = max(1, kh - 2 * ph + draw(st.integers(0, max_extra)))
     w = max(1, kw - 2 * pw + draw(st.integers(0, max_extra)))
     return (draw(st.integers(1, max_n)), draw(st.integers(1, max_c)), draw(st.integers(1, max_c)),
