@@ -48,7 +48,7 @@ import time
 
 import numpy as np
 
-POOLS = ("max", "gfgp")
+TORCH_POOLS = ("max", "gfgp")  # the poolings of minignn.layers.POOLINGS written here in torch
 
 
 def _import_torch():
@@ -62,9 +62,12 @@ def _import_torch():
 
 
 def parse_args(argv=None):
+    from minignn.layers import POOLINGS
+
     p = argparse.ArgumentParser(description="PyTorch CPU reference run of the tiny net on CIFAR-10 with minignn's "
                                             "recipe and data pipeline.")
-    p.add_argument("--pool", choices=POOLS, default="max", help="local pooling at the three 2x2 downsamplings")
+    p.add_argument("--pool", choices=tuple(POOLINGS), default="max",
+                   help=f"local pooling at the three 2x2 downsamplings (implemented here: {', '.join(TORCH_POOLS)})")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--data-dir", default=None, help="CIFAR data root (else $MINIGNN_DATA, else the user cache)")
     p.add_argument("--dataset", default="cifar10", choices=("cifar10", "cifar100"))
@@ -83,6 +86,9 @@ def parse_args(argv=None):
     p.add_argument("--quiet", action="store_true", help="no progress output within an epoch")
     p.add_argument("--out", default=None, help="write the results as JSON to this file")
     a = p.parse_args(argv)
+    if a.pool not in TORCH_POOLS:
+        p.error(f"--pool {a.pool}: this PyTorch reference implements only {', '.join(TORCH_POOLS)}"
+                f" (minignn train --pool {a.pool} runs it in minignn)")
     for name in ("epochs", "threads", "batch_size"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(a, name)}")

@@ -1,8 +1,16 @@
 """The layer library, installed as ``minignn.layers``.
 
 One module or folder per layer family; every layer has a forward and a hand-written backward.
-Folders with fast kernels hold ``reference.py`` (plain NumPy, the test oracle), ``cpu.py``
-(Numba) and a GPU slot chosen through :func:`minignn.backend.pick`.
+Folders with fast kernels hold ``reference.py`` (plain NumPy, the test oracle) and ``cpu.py``
+(Numba); each family registers its ops in :data:`minignn.ops.OPS` (reference, CPU and GPU
+kernels, input generator), and :func:`minignn.ops.kernels` picks the device's kernels.
+``_window.py`` is the geometry of a pooling window, shared by every pooling.
+
+* ``maxent/``: the max-entropy pooling functionals (plain pooling, given lam and rho).
+* ``gfgp/``: the global statistics, the GFGP mapping and the :class:`MaxEntPool2d` layer
+  (``gfgp/layer.py``) that forms lam from them.
+* ``shape.py``: parameter-free layers that only move values (Subsample2d, ShortcutA, Identity).
+* ``registry.py``: :data:`POOLINGS`, every ``--pool`` name and how it becomes a layer.
 """
 from .activation import Dropout, Flatten, ReLU
 from .linear import Linear
@@ -11,11 +19,15 @@ from .batchnorm import BatchNorm2d
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from .maxent import maxent_pool2d_backward, maxent_pool2d_forward
 from .gfgp import GFGPMapping, global_stats_backward, global_stats_forward
-from .maxent.layer import MaxEntPool2d
+from .gfgp.layer import MaxEntPool2d
+from .shape import Identity, ShortcutA, Subsample2d
+from .registry import POOLINGS, PoolingSpec, register_pooling, validate_options
 
 __all__ = [
     "Conv2d", "BatchNorm2d", "ReLU", "Linear", "Flatten", "Dropout",
     "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
     "maxent_pool2d_forward", "maxent_pool2d_backward", "MaxEntPool2d",
     "GFGPMapping", "global_stats_forward", "global_stats_backward",
+    "Subsample2d", "ShortcutA", "Identity",
+    "POOLINGS", "PoolingSpec", "register_pooling", "validate_options",
 ]

@@ -1,6 +1,32 @@
-"""Window geometry shared by convolution and every pooling: argument normalisation and output
-sizes, with errors that name the argument."""
+r"""The window template: the geometry of a pooling (or convolution) window, written once.
+
+Python side, for the functionals and layers: :func:`pair`, :func:`out_size`,
+:func:`check_pool_padding`, and :class:`Window`, a validated pooling window with its output size.
+
+Kernel side, for every Numba plane loop (and mirrored one to one by the CUDA header of the GPU
+kernels: plain integer arithmetic, no allocation, no branches but the clamps). For a window
+``kernel (kh, kw)``, ``stride (sh, sw)``, ``padding (ph, pw)`` with ``padding < kernel``:
+
+* output ``(oh, ow)`` covers input rows ``oh*sh - ph + di`` (``di in [0, kh)``) and columns
+  ``ow*sw - pw + dj``; its *real* cells are the offsets :func:`real_offsets` returns (padding is
+  never materialised, and every window holds at least one real cell);
+* offset ``(di, dj)`` is real for the outputs in :func:`valid_range` (the loop order of kernels
+  that go offset by offset);
+* :func:`is_2x2`: 2x2, stride 2, no padding, the fast path every kernel special-cases;
+* :func:`param_plane` / :func:`param_steps`: the broadcast layout of a per-window parameter
+  (lam of shape (Nl, Cl, Hl, Wl), rho of shape (Nr, Cr, K), each leading dimension 1 or full):
+  the (n, c) entry a plane reads, and whether it steps per output row and column;
+* :func:`gather_plane`: a plane's windows as (K, P) scratch, K = kh*kw offsets (row-major) by
+  P = Ho*Wo windows: ``x0[p]`` the window's first real cell, ``xs[q, p] = X_q - x0[p]`` (exact for
+  close values), and ``lz[q, p]`` 0 at real cells and -inf at padded ones: a log-weight mask, so
+  a pooling that forms its weights as ``exp(logit)`` adds its logits to ``lz`` and padded cells
+  drop out by themselves. Max-entropy pooling's logit ``lam (X_q - x0) + rho_q`` is one such
+  instance (``layers/maxent/cpu.py``); a per-cell logit map (LIP) or sampled weights (stochastic
+  pooling) are others, on the same scratch and the same plane loop.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,6 +60,65 @@ def check_pool_padding(k: tuple[int, int], p: tuple[int, int], where: str = ""):
         raise ValueError(f"{pre}padding: expected smaller than kernel_size {k} in each dimension, got {p}")
 
 
+@dataclass(frozen=True)
+class Window:
+    """A validated pooling window: ``kernel``, ``stride`` and ``padding`` as (h, w) pairs, with
+    ``padding < kernel`` (every window holds a real cell)."""
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+
+    @classmethod
+    def of(cls, kernel_size, stride=None, padding=0, where: str = "") -> "Window":
+        """From the user's arguments (ints or pairs; ``stride=None`` means the kernel size);
+        errors name the argument."""
+        k = pair(kernel_size, "kernel_size", where)
+        s = k if stride is None else pair(stride, "stride", where)
+        p = pair(padding, "padding", where, minimum=0)
+        check_pool_padding(k, p, where)
+        return cls(k, s, p)
+
+    @property
+    def K(self) -> int:
+        """Cells per window, kh*kw."""
+        return self.kernel[0] * self.kernel[1]
+
+    @property
+    def flat(self) -> tuple:
+        """``(kh, kw, sh, sw, ph, pw)``, the kernels' argument order."""
+        return self.kernel + self.stride + self.padding
+
+    def out_hw(self, h: int, w: int, where: str = "") -> tuple[int, int]:
+        """(Ho, Wo) for an (H, W) input; raises when the kernel exceeds the padded input."""
+        return (out_size(h, self.kernel[0], self.stride[0], self.padding[0], "H", where),
+                out_size(w, self.kernel[1], self.stride[1], self.padding[1], "W", where))
+
+    def out_shape(self, x_shape, where: str = "") -> tuple:
+        """(N, C, Ho, Wo) for an (N, C, H, W) input."""
+        n, c, h, w = x_shape
+        return (n, c) + self.out_hw(h, w, where)
+
+
+# ------------------------------------------------------------------------- kernel-side geometry
+@njit(inline="always")
+def is_2x2(kh, kw, sh, sw, ph, pw):
+    """The fast path: 2x2 windows, stride 2, no padding."""
+    return kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+
+
+@njit(inline="always")
+def real_offsets(start, k, size):
+    """The offsets ``[d0, d1)`` of a window starting at ``start`` (``oh*sh - ph``) whose cells
+    ``start + d`` lie inside ``[0, size)``."""
+    d0 = 0
+    if start < 0:
+        d0 = -start
+    d1 = k
+    if start + k > size:
+        d1 = size - start
+    return d0, d1
+
+
 @njit
 def valid_range(j, s, p, size, n_out):
     """The output indices ``o`` in ``[lo, hi)`` whose window offset ``j`` lands inside the input,
@@ -47,3 +132,51 @@ def valid_range(j, s, p, size, n_out):
     if lo > hi:
         lo = hi
     return lo, hi
+
+
+@njit(inline="always")
+def param_plane(a, n, c):
+    """The (n, c) entry plane (n, c) reads of a broadcast parameter ``a`` (N or 1, C or 1, ...)."""
+    return (n if a.shape[0] > 1 else 0), (c if a.shape[1] > 1 else 0)
+
+
+@njit(inline="always")
+def param_steps(a4):
+    """(1, 1) when a 4-D parameter holds one value per output position (Hl, Wl) = (Ho, Wo), (0, 0)
+    for one value per plane (Hl, Wl) = (1, 1): index ``a4[nl, cl, ho * hs, wo * ws]``."""
+    return (1 if a4.shape[2] > 1 else 0), (1 if a4.shape[3] > 1 else 0)
+
+
+@njit
+def gather_plane(x, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, x0, xs, lz):
+    """Plane (n, c)'s windows as (K, P) scratch (see the module docstring): x0 (P,) the first real
+    cell of each window, xs (K, P) ``X_q - x0`` (0 at padded cells), lz (K, P) 0 at real cells and
+    -inf at padded ones."""
+    H = x.shape[2]
+    W = x.shape[3]
+    for ho in range(Ho):
+        r0 = ho * sh - ph
+        r0 = r0 if r0 > 0 else 0
+        for wo in range(Wo):
+            c0 = wo * sw - pw
+            x0[ho * Wo + wo] = x[n, c, r0, c0 if c0 > 0 else 0]   # real: padding < kernel
+    for q in range(kh * kw):
+        i = q // kw
+        j = q - i * kw
+        lo, hi = valid_range(j, sw, pw, W, Wo)
+        for ho in range(Ho):
+            r = ho * sh + i - ph
+            base = ho * Wo
+            if r < 0 or r >= H:
+                lo_r, hi_r = Wo, Wo
+            else:
+                lo_r, hi_r = lo, hi
+            for wo in range(lo_r):
+                xs[q, base + wo] = 0
+                lz[q, base + wo] = -np.inf
+            for wo in range(lo_r, hi_r):
+                xs[q, base + wo] = x[n, c, r, wo * sw + j - pw] - x0[base + wo]
+                lz[q, base + wo] = 0
+            for wo in range(hi_r, Wo):
+                xs[q, base + wo] = 0
+                lz[q, base + wo] = -np.inf

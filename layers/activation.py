@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from minignn import backend
+from minignn import backend, cases, ops
 from minignn.checks import check_array, check_grad_output, check_probability
 from minignn.module import Module
 from minignn._numba import njit, pjit, prange
 
-__all__ = ["ReLU", "Flatten", "Dropout"]
+__all__ = ["ReLU", "Flatten", "Dropout", "relu_forward", "relu_backward", "dropout_forward"]
 
 # Below this many elements the single-threaded kernels are faster than a parallel launch.
 PARALLEL_MIN_SIZE = 1 << 16
@@ -79,6 +79,74 @@ def _relu_bwd_xp(x, gy):
     return xp.where(x > 0, gy, xp.zeros((), dtype=gy.dtype))
 
 
+def relu_forward(x):
+    """y = max(x, 0) (NaN propagates), x's shape and dtype."""
+    return ops.kernels("relu", x).forward(x)
+
+
+def relu_backward(x, gy):
+    """gx = gy where x > 0, else 0."""
+    return ops.kernels("relu", gy).backward(x, gy)
+
+
+def dropout_forward(x, p, rng):
+    """Inverted dropout in train mode: returns ``y = x * mask`` and the mask (x's shape and dtype,
+    0 or ``1/(1-p)``), drawn on the host from ``rng`` (so a seeded run gives the same masks on
+    either device) and moved to x's device."""
+    keep = rng.random(x.shape, dtype=np.float32) >= p
+    mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - p))
+    mask = backend.get_array_module(x).asarray(mask)
+    return x * mask, mask
+
+
+# ---------------------------------------------------------------------------------- the op table
+def _sample_any(draw, dtype):
+    """Any rank from 1 to 5, empty and odd sizes included; values away from zero (no kink)."""
+    shape = tuple(draw.int(0 if i == 0 else 1, 5) for i in range(draw.int(1, 5)))
+    return ops.Case((cases.distinct(draw, shape, dtype, gap=0.05),))
+
+
+def _sample_relu(draw, dtype):
+    """As :func:`_sample_any`, and one draw in eight above PARALLEL_MIN_SIZE (the parallel kernels)."""
+    if draw.int(0, 7) == 0:
+        # values within +-0.7 (the checker's loss stays well conditioned), >= 2.5e-6 from zero
+        return ops.Case((cases.distinct(draw, (2, PARALLEL_MIN_SIZE // 2 + draw.int(1, 9)), dtype, gap=1e-5),))
+    return _sample_any(draw, dtype)
+
+
+def _relu_ref(x):
+    return np.where(x <= 0, x.dtype.type(0), x)
+
+
+def _dropout_ref(x, p, seed):
+    keep = np.random.default_rng(seed).random(x.shape, dtype=np.float32) >= p
+    return (np.where(keep, x.astype(np.float64) / (1.0 - p), 0.0).astype(x.dtype),), (keep, p)
+
+
+def _dropout_forward(x, p, seed):
+    y, mask = dropout_forward(x, p, np.random.default_rng(seed))
+    return (y,), mask
+
+
+def _sample_dropout(draw, dtype):
+    case = _sample_any(draw, dtype)
+    return ops.Case(case.inputs, dict(p=draw.choice([0.1, 0.5, 0.9]), seed=draw.int(0, 2**31 - 1)))
+
+
+ops.register(ops.Op(
+    "relu", "max(x, 0), elementwise; NaN propagates",
+    forward=lambda x: ((relu_forward(x),), x), backward=lambda x, gy: (relu_backward(x, gy),),
+    reference=(lambda x: ((_relu_ref(x),), x), lambda x, gy: (np.where(x > 0, gy, gy.dtype.type(0)),)),
+    cpu=ops.Kernels(_relu_fwd, _relu_bwd), gpu=ops.Kernels(_relu_fwd_xp, _relu_bwd_xp), sample=_sample_relu))
+
+ops.register(ops.Op(
+    "dropout", "inverted dropout with a host-drawn mask: x * mask / (1 - p)",
+    forward=_dropout_forward, backward=lambda mask, gy: (gy * mask,),
+    reference=(_dropout_ref, lambda saved, gy: (np.where(saved[0], gy.astype(np.float64) / (1.0 - saved[1]),
+                                                         0.0).astype(gy.dtype),)),
+    cpu=ops.XP, gpu=ops.XP, sample=_sample_dropout))
+
+
 # ----------------------------------------------------------------------------------------- layers
 class ReLU(Module):
     """Rectified linear unit, elementwise: y = max(x, 0); a NaN input stays NaN.
@@ -93,14 +161,14 @@ class ReLU(Module):
 
     def forward(self, x):
         check_array(x, "x", where="ReLU.forward")
-        y = backend.pick(x, cpu=_relu_fwd, gpu=_relu_fwd_xp, op="ReLU.forward")(x)
+        y = relu_forward(x)
         self._saved = x
         return y
 
     def backward(self, gy):
         x = self._saved_or_raise(self._saved)
         check_grad_output(gy, x.shape, x.dtype, where="ReLU.backward")
-        return backend.pick(gy, cpu=_relu_bwd, gpu=_relu_bwd_xp, op="ReLU.backward")(x, gy)
+        return relu_backward(x, gy)
 
 
 class Flatten(Module):
@@ -158,12 +226,9 @@ class Dropout(Module):
             return x
         from minignn.init import get_rng
         rng = self.rng if self.rng is not None else get_rng()
-        keep = rng.random(x.shape, dtype=np.float32) >= self.p
-        mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
-        xp = backend.get_array_module(x)
-        mask = xp.asarray(mask)
+        y, mask = dropout_forward(x, self.p, rng)
         self._saved = (mask, tuple(x.shape), x.dtype)
-        return x * mask
+        return y
 
     def backward(self, gy):
         mask, shape, dtype = self._saved_or_raise(self._saved)

@@ -1,16 +1,17 @@
-"""The one device seam.
+"""Devices and arrays.
 
 Arrays in minignn are plain ``numpy.ndarray`` (CPU) or ``cupy.ndarray`` (GPU) in NCHW layout,
 float32 by default and float64 wherever exact gradient checks need it. Layers never branch on
 the device themselves: they ask :func:`get_array_module` for ``xp`` when NumPy-style code is
-enough, or :func:`pick` for the CPU or GPU kernel of an op, chosen by the array type.
+enough, or :func:`minignn.ops.kernels` for the CPU or GPU kernels of an op, chosen by the array
+type in that one place.
 
 CuPy is imported lazily, on first need, so a CPU-only install never pays for it.
 """
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -107,20 +108,3 @@ def to_device(x, device: str):
 def to_numpy(x) -> np.ndarray:
     """A numpy view or copy of any array (cupy arrays are copied to the host)."""
     return x.get() if is_gpu_array(x) else np.asarray(x)
-
-
-def pick(x, cpu: Callable, gpu: Callable | str | None, op: str = "op") -> Callable:
-    """Choose the CPU or GPU kernel of ``op`` for array ``x``.
-
-    ``gpu`` may be a callable, a ``"package.module:function"`` string imported on first use (so
-    CuPy code is never imported on a CPU run), or None when the op has no GPU kernel yet, which
-    raises a NotImplementedError naming the op.
-    """
-    if not is_gpu_array(x):
-        return cpu
-    if gpu is None:
-        raise NotImplementedError(f"{op}: no GPU kernel yet; move the data to the CPU with to_device(x, 'cpu')")
-    if isinstance(gpu, str):
-        mod, _, attr = gpu.partition(":")
-        return getattr(importlib.import_module(mod), attr)
-    return gpu

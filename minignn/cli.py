@@ -1,14 +1,21 @@
-"""The ``minignn`` command: ``train``, ``eval CHECKPOINT`` and ``bench``.
+"""The ``minignn`` command: ``train``, ``eval CHECKPOINT``, ``pools`` and ``bench``.
 
     minignn train                       # tiny net, GFGP pooling, CIFAR-10, 10 epochs
     minignn train --pool max --epochs 30 --out runs/tiny-max
+    minignn train --pool gfgp --pool-opt stat=max --pool-opt hidden=0.25
     minignn train --dataset synthetic --limit-train 512 --epochs 2     # a quick offline demo
     minignn train --resume runs/tiny-max/checkpoint.npz                 # continue exactly
     minignn eval runs/tiny-max/best.npz
+    minignn pools                       # every --pool name, its --pool-opt options and defaults
     minignn bench --help
 
-Errors a user can fix (no data, a bad option, a corrupted checkpoint, no GPU) print one line
-``minignn: error: ...`` and exit with status 2; set ``MINIGNN_DEBUG=1`` for the traceback.
+``--pool`` and ``--pool-opt`` come from the registry :data:`minignn.layers.POOLINGS`: the names
+of ``--pool-opt KEY=VALUE`` are checked against the chosen pooling's options before anything is
+built (the value is read as a Python literal when it is one, and checked by the layer).
+
+Errors a user can fix (no data, a bad option, a corrupted checkpoint, no GPU) print
+``minignn COMMAND: error: ...`` and exit with status 2; set ``MINIGNN_DEBUG=1`` for the traceback.
+A mistake in the command line itself (an unknown ``--pool-opt`` name) is that one line alone.
 Ctrl-C during training saves a checkpoint and exits with status 130.
 """
 from __future__ import annotations
@@ -19,10 +26,16 @@ import json
 import os
 import sys
 
-from .models import MODELS, POOLS
+from .layers.registry import POOLINGS, format_options, validate_options
+from .models import MODELS
 from .schedule import SCHEDULES
 
 DATASETS = ("cifar10", "cifar100", "synthetic")
+
+
+class UsageError(ValueError):
+    """A mistake in the command line itself: reported as one line ``minignn COMMAND: error: ...``
+    (status 2, no traceback hint: there is nothing to debug)."""
 
 
 def _kv(text: str):
@@ -51,6 +64,23 @@ def _pos_int(text):
     return v
 
 
+def _pool_options_help() -> str:
+    """``"maxent, maxent-param: lam_init, prior; gfgp, gfgp-local: stat, ..."`` (from the registry)."""
+    groups: dict[tuple, list[str]] = {}
+    for name, spec in POOLINGS.items():
+        if spec.options:
+            groups.setdefault(tuple(spec.options), []).append(name)
+    return "; ".join(f"{', '.join(names)}: {', '.join(keys)}" for keys, names in groups.items())
+
+
+def _check_pool_opts(pool: str, options: dict) -> dict:
+    """``--pool-opt`` against the pooling's spec: the names only (the layer checks the values)."""
+    try:
+        return validate_options(pool, options, where="--pool-opt")
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+
+
 def _train_parser(sub):
     from .train import TrainConfig
     d = TrainConfig()
@@ -63,9 +93,11 @@ def _train_parser(sub):
     # the shown defaults are TrainConfig's
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=tuple(MODELS), default=None, help=f"architecture (default {d.model})")
-    g.add_argument("--pool", choices=POOLS, default=None, help=f"every local pooling layer (default {d.pool})")
+    g.add_argument("--pool", choices=tuple(POOLINGS), default=None,
+                   help=f"every local pooling layer (default {d.pool}; 'minignn pools' describes them)")
     g.add_argument("--pool-opt", type=_kv, action="append", default=None, metavar="KEY=VALUE",
-                   help="extra MaxEntPool2d option, repeatable (e.g. stat=max, hidden=0.25, activation=softplus)")
+                   help=f"an option of the chosen pool, repeatable: {_pool_options_help()}; e.g. stat=max,"
+                        f" hidden=0.25, activation=softplus ('minignn pools' lists the defaults)")
     g.add_argument("--width", type=float, default=None, help=f"channel-width multiplier, for quick tests (default {d.width})")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default=None, help=f"(default {d.dataset}; 'synthetic' is generated,"
@@ -129,6 +161,8 @@ def cmd_train(args) -> int:
         for dest, v in given.items():
             field_name, conv = _CONFIG_ARGS[dest]
             kw[field_name] = conv(v) if conv else v
+        if "pool_kw" in kw:
+            kw["pool_kw"] = _check_pool_opts(kw.get("pool", TrainConfig.pool), kw["pool_kw"])
         if kw.get("momentum") == 0 and "nesterov" not in kw:
             kw["nesterov"] = False  # Nesterov needs momentum; --momentum 0 means plain SGD
         config = TrainConfig(**kw)
@@ -204,6 +238,29 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _pools_parser(sub):
+    p = sub.add_parser("pools", help="list the local poolings (--pool) with their options (--pool-opt)",
+                       description="List the registered local poolings (minignn.layers.POOLINGS): each --pool"
+                                   " name, the --pool-opt options it takes with their defaults, and what it is.")
+    p.add_argument("--json", action="store_true", help="print the registry as one JSON object")
+    p.set_defaults(func=cmd_pools)
+    return p
+
+
+def cmd_pools(args) -> int:
+    rows = [(name, spec.description, format_options(name)) for name, spec in POOLINGS.items()]
+    if args.json:
+        print(json.dumps({name: {"options": dict(spec.options), "description": spec.description,
+                                 "diagnostics": list(spec.diagnostics)} for name, spec in POOLINGS.items()}))
+        return 0
+    header = ("pool", "description", "options (--pool-opt KEY=VALUE) with their defaults")
+    w0 = max(len(r[0]) for r in rows + [header])
+    w1 = max(len(r[1]) for r in rows + [header])
+    for name, desc, opts in [header] + rows:
+        print(f"{name:<{w0}}  {desc:<{w1}}  {opts}")
+    return 0
+
+
 def _bench_parser(sub):
     p = sub.add_parser("bench", help="run the benchmarks (arguments go to minignn.bench)", add_help=False,
                        description="Run minignn's benchmarks; every argument is passed to minignn.bench.main.")
@@ -233,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _train_parser(sub)
     _eval_parser(sub)
+    _pools_parser(sub)
     _bench_parser(sub)
     return p
 
@@ -254,6 +312,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\nminignn: interrupted", file=sys.stderr)
         return 130
+    except UsageError as e:
+        if os.environ.get("MINIGNN_DEBUG"):
+            raise
+        print(f"minignn {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except (CheckpointError, ValueError, RuntimeError, OSError, NotImplementedError) as e:
         if os.environ.get("MINIGNN_DEBUG"):
             raise

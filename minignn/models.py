@@ -1,22 +1,26 @@
 """CIFAR models with a choice of local pooling: ``tiny``, ``vgg11`` and ``resnet20``.
 
 ``build_model(name, pool="max", num_classes=10, **pool_kw)`` builds one of them with every local
-(downsampling) pooling of the given kind:
+(downsampling) pooling of the given kind. The kinds are the names of
+:data:`minignn.layers.POOLINGS` (``minignn pools`` lists them); each one's spec builds the 2x2,
+stride-2 layer:
 
 ========================  =============================================================
 pool                      layer used at every 2x2 / stride-2 downsampling
 ========================  =============================================================
-``"max"``                 :class:`~minignn.layers.MaxPool2d`
+``"skip"``                :class:`~minignn.layers.Subsample2d` (``x[:, :, ::2, ::2]``)
 ``"avg"``                 :class:`~minignn.layers.AvgPool2d`
-``"skip"``                :class:`Subsample2d` (``x[:, :, ::2, ::2]``, strided subsampling)
+``"max"``                 :class:`~minignn.layers.MaxPool2d`
 ``"maxent"``              :class:`~minignn.layers.MaxEntPool2d`, constant lam (``lam="const"``)
 ``"maxent-param"``        MaxEntPool2d, a trained lam per channel (``lam="param"``)
 ``"gfgp"``                MaxEntPool2d with GFGP lam per sample and channel (``lam="gfgp"``)
 ``"gfgp-local"``          MaxEntPool2d with local GFGP, lam per output position (``lam="local"``)
 ========================  =============================================================
 
-Extra keyword arguments (``pool_kw``) go to MaxEntPool2d (``lam_init``, ``stat``, ``hidden``,
-``mlp``, ``activation``, ``prior``, ...).
+Extra keyword arguments (``pool_kw``) are the spec's options (``POOLINGS[pool].options``:
+``lam_init`` and ``prior`` for maxent / maxent-param; ``stat``, ``hidden``, ``mlp``,
+``activation``, ``prior``, ``bias`` and ``batchnorm`` for gfgp / gfgp-local); any other name is a
+ValueError listing the valid ones.
 
 Architectures (3x32x32 input; every convolution is 3x3, padding 1, without bias, followed by
 BatchNorm2d and ReLU):
@@ -27,10 +31,10 @@ BatchNorm2d and ReLU):
 * ``resnet20``: He et al.'s CIFAR ResNet (conv 16, then 3 stages of 3 BasicBlocks with 16, 32 and
   64 channels, global average pool, linear). Shortcuts are option A: identity, or where the shape
   changes, strided subsampling ``x[:, :, ::2, ::2]`` with zero-padded extra channels (no
-  parameters). With ``pool="skip"`` the first block of stages 2 and 3 downsamples with a
-  stride-2 first convolution, as in the original. With any other pool that convolution has
-  stride 1 and is followed (after its BN and ReLU) by the chosen 2x2 pool, as the GFGP paper does
-  for ResNets; the shortcut keeps its strided subsampling.
+  parameters). With ``pool="skip"`` (a spec with ``subsampling=True``) the first block of
+  stages 2 and 3 downsamples with a stride-2 first convolution, as in the original. With any
+  other pool that convolution has stride 1 and is followed (after its BN and ReLU) by the chosen
+  2x2 pool, as the GFGP paper does for ResNets; the shortcut keeps its strided subsampling.
 
 ``width`` scales every channel count (``max(1, round(c * width))``); it exists so tests can run
 the same architectures small.
@@ -41,14 +45,12 @@ from typing import Callable
 
 import numpy as np
 
-from . import backend
-from .checks import check_array, check_grad_output
+from .layers.registry import POOLINGS, validate_options
+from .layers.shape import Identity, ShortcutA, Subsample2d  # noqa: F401  (also importable from here)
 from .module import Module, Sequential
 
-POOLS = ("max", "avg", "skip", "maxent", "maxent-param", "gfgp", "gfgp-local")
-_MAXENT_LAM = {"maxent": "const", "maxent-param": "param", "gfgp": "gfgp", "gfgp-local": "local"}
-
 MODELS: dict[str, Callable[..., Module]] = {}
+_OPTION = "pool option"  # how build_model's and make_pool's option errors name an option
 
 
 def register_model(name: str):
@@ -61,120 +63,25 @@ def register_model(name: str):
     return deco
 
 
-# --- small building blocks ---------------------------------------------------------------------
-class Subsample2d(Module):
-    """Strided subsampling (the "skip" pooling): ``y = x[:, :, ::s, ::s]``.
-
-    Shapes: x (N, C, H, W) -> y (N, C, ceil(H/s), ceil(W/s)). Backward scatters gy back to the
-    kept positions; the others get zero gradient.
-    """
-
-    def __init__(self, stride: int = 2):
-        super().__init__()
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-            raise ValueError(f"Subsample2d: stride: expected an integer >= 1, got {stride!r}")
-        self.stride = stride
-        self._saved = None
-
-    def forward(self, x):
-        check_array(x, "x", ndim=4, where="Subsample2d.forward")
-        xp = backend.get_array_module(x)
-        s = self.stride
-        y = xp.ascontiguousarray(x[:, :, ::s, ::s])
-        self._saved = (x.shape, y.shape, y.dtype)
-        return y
-
-    def backward(self, gy):
-        xshape, yshape, dtype = self._saved_or_raise(self._saved)
-        check_grad_output(gy, yshape, dtype, where="Subsample2d.backward")
-        xp = backend.get_array_module(gy)
-        s = self.stride
-        gx = xp.zeros(xshape, dtype=gy.dtype)
-        gx[:, :, ::s, ::s] = gy
-        return gx
-
-    def extra_repr(self):
-        return f"stride={self.stride}"
-
-
-class ShortcutA(Module):
-    """He et al.'s option-A shortcut: ``x[:, :, ::s, ::s]`` with ``out_channels - in_channels``
-    zero channels added (half before, half after). No parameters.
-
-    Shapes: x (N, Cin, H, W) -> y (N, Cout, ceil(H/s), ceil(W/s)).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
-        super().__init__()
-        if out_channels < in_channels:
-            raise ValueError(f"ShortcutA: out_channels: expected >= in_channels={in_channels}, got {out_channels}")
-        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
-        self.pad_before = (out_channels - in_channels) // 2
-        self._saved = None
-
-    def forward(self, x):
-        check_array(x, "x", ndim=4, where="ShortcutA.forward", channels=self.in_channels)
-        xp = backend.get_array_module(x)
-        s, a = self.stride, self.pad_before
-        xs = x[:, :, ::s, ::s]
-        y = xp.zeros((x.shape[0], self.out_channels) + xs.shape[2:], dtype=x.dtype)
-        y[:, a:a + self.in_channels] = xs
-        self._saved = (x.shape, y.shape, y.dtype)
-        return y
-
-    def backward(self, gy):
-        xshape, yshape, dtype = self._saved_or_raise(self._saved)
-        check_grad_output(gy, yshape, dtype, where="ShortcutA.backward")
-        xp = backend.get_array_module(gy)
-        s, a = self.stride, self.pad_before
-        gx = xp.zeros(xshape, dtype=gy.dtype)
-        gx[:, :, ::s, ::s] = gy[:, a:a + self.in_channels]
-        return gx
-
-    def extra_repr(self):
-        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
-
-
-class Identity(Module):
-    """``y = x`` (the shortcut of a block that keeps its shape)."""
-
-    def forward(self, x):
-        return x
-
-    def backward(self, gy):
-        return gy
-
-
 def _layers():
-    """The layer classes (imported lazily from their submodules)."""
+    """The layer classes of the architectures (the local poolings come from the registry)."""
     from .layers.activation import Flatten, ReLU
     from .layers.batchnorm import BatchNorm2d
     from .layers.conv import Conv2d
     from .layers.linear import Linear
-    from .layers.pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+    from .layers.pooling import GlobalAvgPool2d
     return dict(Flatten=Flatten, ReLU=ReLU, BatchNorm2d=BatchNorm2d, Conv2d=Conv2d, Linear=Linear,
-                AvgPool2d=AvgPool2d, GlobalAvgPool2d=GlobalAvgPool2d, MaxPool2d=MaxPool2d)
+                GlobalAvgPool2d=GlobalAvgPool2d)
 
 
 def make_pool(pool: str, channels: int, **pool_kw) -> Module:
-    """One 2x2, stride-2 local pooling of kind ``pool`` over ``channels`` channels."""
-    if pool not in POOLS:
-        raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
-    if pool in _MAXENT_LAM:
-        if "lam" in pool_kw:
-            raise ValueError(f"pool={pool!r} sets lam={_MAXENT_LAM[pool]!r}; pass another pool name instead of"
-                             f" lam={pool_kw['lam']!r}")
-        from .layers.maxent.layer import MaxEntPool2d
-        return MaxEntPool2d(channels, kernel_size=2, stride=2, lam=_MAXENT_LAM[pool], **pool_kw)
-    if pool_kw:
-        raise ValueError(f"pool={pool!r} takes no options, got {sorted(pool_kw)} (they are for the max-entropy"
-                         f" pools: {sorted(_MAXENT_LAM)})")
-    L = _layers()
-    if pool == "max":
-        return L["MaxPool2d"](2, 2)
-    if pool == "avg":
-        return L["AvgPool2d"](2, 2)
-    return Subsample2d(2)
+    """One 2x2, stride-2 local pooling of kind ``pool`` over ``channels`` channels.
+
+    ``POOLINGS[pool].build(channels, **pool_kw)``, after :func:`~minignn.layers.validate_options`
+    has checked that ``pool`` is registered and ``pool_kw`` holds only that spec's options.
+    """
+    opts = validate_options(pool, pool_kw, where=_OPTION)
+    return POOLINGS[pool].build(channels, **opts)
 
 
 def _w(c: int, width: float) -> int:
@@ -287,12 +194,11 @@ class BasicBlock(Module):
 @register_model("resnet20")
 def resnet20(pool: str = "max", num_classes: int = 10, width: float = 1.0, **pool_kw) -> Sequential:
     """He et al.'s ResNet-20 for CIFAR (3 stages x 3 BasicBlocks, 16/32/64 channels, option-A
-    shortcuts). With ``pool != "skip"`` the two downsampling blocks use a stride-1 conv1 followed
-    by the chosen 2x2 pool."""
-    if pool not in POOLS:
-        raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
-    if pool == "skip" and pool_kw:
-        make_pool(pool, 1, **pool_kw)  # raises the clear error
+    shortcuts). The two downsampling blocks use a stride-1 conv1 followed by the chosen 2x2 pool,
+    except for a subsampling pool (``POOLINGS[pool].subsampling``, i.e. ``"skip"``), which they fold
+    into a stride-2 conv1 as in the original."""
+    pool_kw = validate_options(pool, pool_kw, where=_OPTION)  # before any layer is built
+    fold = POOLINGS[pool].subsampling  # plain subsampling: a stride-2 conv1 does it
     L = _layers()
     c0 = _w(16, width)
     conv, bn, relu = _conv_bn_relu(L, 3, c0)
@@ -303,7 +209,7 @@ def resnet20(pool: str = "max", num_classes: int = 10, width: float = 1.0, **poo
         blocks = Sequential()
         for b in range(3):
             stride = 2 if (stage > 1 and b == 0) else 1
-            p = make_pool(pool, cout, **pool_kw) if (stride == 2 and pool != "skip") else None
+            p = make_pool(pool, cout, **pool_kw) if (stride == 2 and not fold) else None
             blocks.append(BasicBlock(cin, cout, stride, pool=p))
             cin = cout
         layers.append((f"stage{stage}", blocks))
@@ -313,15 +219,15 @@ def resnet20(pool: str = "max", num_classes: int = 10, width: float = 1.0, **poo
 
 def build_model(name: str, pool: str = "max", num_classes: int = 10, width: float = 1.0, **pool_kw) -> Module:
     """Build a registered model (``tiny``, ``vgg11``, ``resnet20``) with every local pooling of
-    kind ``pool`` (see the module docstring); ``pool_kw`` go to MaxEntPool2d.
+    kind ``pool`` (a name of :data:`minignn.layers.POOLINGS`, see the module docstring);
+    ``pool_kw`` are that pooling's options (a ValueError names the valid ones).
 
     Weights are drawn from ``minignn.init``'s generator: call ``minignn.init.manual_seed`` first
     for a reproducible model. Returns a Module in training mode (float32, on the CPU).
     """
     if name not in MODELS:
         raise ValueError(f"model: expected one of {tuple(MODELS)}, got {name!r}")
-    if pool not in POOLS:
-        raise ValueError(f"pool: expected one of {POOLS}, got {pool!r}")
+    pool_kw = validate_options(pool, pool_kw, where=_OPTION)
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"num_classes: expected an integer >= 1, got {num_classes!r}")
     _check_width(width)

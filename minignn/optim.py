@@ -11,8 +11,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import backend
+from . import backend, cases, ops
 from .module import Parameter
+
+
+def sgd_update(w, g, buf=None, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """One SGD step on ``w`` in place (the formulas above); returns the momentum buffer (updated
+    in place, new on the first step, None without momentum). ``g`` is not modified."""
+    xp = backend.get_array_module(w)
+    if weight_decay != 0.0:
+        g = g + weight_decay * w  # a new array: the caller's gradient keeps the raw value
+    if momentum != 0.0:
+        if buf is None:
+            buf = xp.array(g, copy=True)
+        else:
+            buf *= momentum
+            buf += g
+        g = g + momentum * buf if nesterov else buf
+    w -= lr * g
+    return buf
 
 
 class SGD:
@@ -55,24 +72,9 @@ class SGD:
             p.zero_grad()
 
     def step(self):
-        lr, mu, wd = self.lr, self.momentum, self.weight_decay
         for i, p in enumerate(self.params):
-            w, g = p.data, p.grad
-            xp = backend.get_array_module(w)
-            if wd != 0.0:
-                g = g + wd * w  # a new array: p.grad keeps the raw gradient
-            if mu != 0.0:
-                b = self.buffers[i]
-                if b is None:
-                    b = self.buffers[i] = xp.array(g, copy=True)
-                else:
-                    b *= mu
-                    b += g
-                if self.nesterov:
-                    g = g + mu * b
-                else:
-                    g = b
-            w -= lr * g
+            self.buffers[i] = sgd_update(p.data, p.grad, self.buffers[i], self.lr, self.momentum, self.nesterov,
+                                         self.weight_decay)
         self.step_count += 1
 
     def state_dict(self) -> dict:
@@ -94,3 +96,33 @@ class SGD:
         self.buffers = [None if b is None else backend.get_array_module(p.data).asarray(b, dtype=p.data.dtype)
                         for p, b in zip(self.params, bufs)]
         return self
+
+
+# ---------------------------------------------------------------------------------- the op table
+def _forward(w, g, buf, **hyper):
+    w = w.copy()                           # the table's ops leave their inputs alone
+    buf = None if buf is None else buf.copy()
+    return (w, sgd_update(w, g, buf, **hyper)), None
+
+
+def _forward_ref(w, g, buf, lr, momentum, nesterov, weight_decay):
+    w, g = w.astype(np.float64), g.astype(np.float64) + weight_decay * w
+    b = None
+    if momentum != 0.0:
+        b = g if buf is None else momentum * buf + g
+        g = g + momentum * b if nesterov else b
+    return (w - lr * g, b), None
+
+
+def _sample(draw, dtype):
+    shape = tuple(draw.int(0 if i == 0 else 1, 5) for i in range(draw.int(1, 3)))
+    momentum = draw.choice([0.0, 0.9])
+    buf = cases.values(draw, shape, dtype) if momentum and draw.bool() else None
+    return ops.Case((cases.values(draw, shape, dtype), cases.values(draw, shape, dtype), buf),
+                    dict(lr=draw.choice([0.1, 0.01]), momentum=momentum, nesterov=bool(momentum) and draw.bool(),
+                         weight_decay=draw.choice([0.0, 5e-4])))
+
+
+ops.register(ops.Op(
+    "sgd_update", "w -= lr * d with momentum, Nesterov and coupled weight decay, in place",
+    forward=_forward, backward=None, reference=(_forward_ref, None), cpu=ops.XP, gpu=ops.XP, sample=_sample))

@@ -53,8 +53,9 @@ import numpy as np
 
 from . import backend, init
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .layers.registry import POOLINGS, validate_options
 from .loss import SoftmaxCrossEntropy
-from .models import MODELS, POOLS, build_model, count_parameters, pooling_layers
+from .models import MODELS, build_model, count_parameters, pooling_layers
 from .optim import SGD
 from .schedule import SCHEDULES, make_schedule
 
@@ -103,8 +104,9 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected an integer >= {minimum}, got {v!r}")
         if self.model not in MODELS:
             raise ValueError(f"model: expected one of {tuple(MODELS)}, got {self.model!r}")
-        if self.pool not in POOLS:
-            raise ValueError(f"pool: expected one of {POOLS}, got {self.pool!r}")
+        if self.pool not in POOLINGS:
+            raise ValueError(f"pool: expected one of {tuple(POOLINGS)}, got {self.pool!r}")
+        validate_options(self.pool, self.pool_kw, where="pool_kw")  # the names; the layer checks the values
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
         pos_int("epochs", self.epochs)

@@ -227,7 +227,6 @@ def test_backend_cpu_seam():
     x = np.ones(3, dtype=np.float32)
     assert backend.get_array_module(x) is np
     assert backend.device_of(x) == "cpu"
-    assert backend.pick(x, cpu=len, gpu=None) is len
     assert backend.to_device(x, "cpu") is x
     with pytest.raises(ValueError, match="device: expected one of"):
         backend.check_device("cuda")

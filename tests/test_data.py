@@ -723,8 +723,8 @@ def test_start_skips_without_computing(monkeypatch):
     ds = synthetic_dataset(n_train=40, n_test=1, image_size=8)
     ld = BatchLoader(ds.x_train, ds.y_train, 4, train=True, augment=True, mean=ds.mean, std=ds.std, seed=0)
     calls = []
-    real = loader.make_batch_cpu
-    monkeypatch.setattr(loader, "make_batch_cpu", lambda *a: calls.append(1) or real(*a))
+    real = loader.make_batch
+    monkeypatch.setattr(loader, "make_batch", lambda *a: calls.append(1) or real(*a))
     assert len(list(ld.batches(0, start=7))) == 3 and len(calls) == 3
     assert list(ld.batches(0, start=10)) == []
 

@@ -1,79 +1,65 @@
-"""GFGP pieces: global (and local) statistics and the mapping t -> (lam, rho)."""
+"""GFGP pieces: global (and local) statistics and the mapping t -> (lam, rho), what is specific to
+them. The statistics' public paths against their references (every statistic, distinct values,
+every window geometry, every layout, float32 and float64), their float64 central differences and
+the NUMBA_DISABLE_JIT=1 run are the contract suite's (tests/test_ops.py, ops ``gfgp_stats`` and
+``gfgp_local_stats``). Here: ties, ``out=`` accumulation, std stability, NaN, errors, the mapping."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-from helpers import assert_close, distinct_array, seeds, gpu_pending
+from hypothesis import given, strategies as st
+from helpers import HypothesisDraw, assert_close, device_ok, dtypes, require, seeds
 
-from minignn import backend
-from minignn.gradcheck import check_gradients, gradcheck
+from minignn import backend, cases
+from minignn.gradcheck import gradcheck
 from minignn.module import Module
+from minignn.ops import OPS
 from minignn.layers.gfgp import (STD_EPS, GFGPMapping, global_stats_backward, global_stats_forward,
                                  local_stats_backward, local_stats_forward)
-from minignn.layers.gfgp import cpu as gcpu
 from minignn.layers.gfgp.reference import (gfgp_mapping_reference, global_stats_backward_reference,
                                            global_stats_reference, local_stats_reference)
 
 STATS = ["avg", "avg+std", "max"]
-dtypes = st.sampled_from([np.float32, np.float64])
-# the `device` fixture is a plain string, so reusing it across generated inputs is safe
-device_ok = settings(suppress_health_check=list(settings().suppress_health_check) + [HealthCheck.function_scoped_fixture])
 shapes4 = st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 6), st.integers(1, 6))
 
+
+def added_into(backward, gt, saved, shape, dtype, rng, tol):
+    """backward(gt, saved, out=...) into a C-contiguous array and into a strided view: each is
+    returned, holds what was there plus the gradient (to ``tol``), and the view's neighbours
+    stay 0. Returns the gradient itself, ``backward(gt, saved)``, on the host in float64."""
+    gx = backend.to_numpy(backward(gt, saved)).astype(np.float64)
+    base = rng.standard_normal(shape).astype(dtype)
+    acc = backend.to_device(base.copy(), backend.device_of(gt))      # (the same array on the CPU)
+    assert backward(gt, saved, out=acc) is acc
+    assert_close(acc, base + gx, name="out += gx", **tol)
+    wide = backend.to_device(np.zeros(shape[:3] + (2 * shape[3],), dtype=dtype), backend.device_of(gt))
+    view = wide[..., ::2]
+    view[...] = backend.to_device(base, backend.device_of(gt))
+    assert backward(gt, saved, out=view) is view
+    wide = backend.to_numpy(wide)
+    assert_close(wide[..., ::2], base + gx, name="strided out += gx", **tol)
+    assert np.all(wide[..., 1::2] == 0)
+    return gx
 
 
 # ---------------------------------------------------------------------------------------------
 # global statistics
 # ---------------------------------------------------------------------------------------------
 @device_ok
-@given(shape=shapes4, stat=st.sampled_from(STATS), dtype=dtypes, ties=st.booleans(), seed=seeds)
-def test_global_stats_kernels_match_reference(device, shape, stat, dtype, ties, seed):
+@given(shape=shapes4, stat=st.sampled_from(STATS), dtype=dtypes, seed=seeds)
+def test_global_stats_ties_and_out_accumulation(device, shape, stat, dtype, seed):
+    """What the contract's distinct-valued samples leave out: repeated values (the max gradient
+    goes to the first argmax, row-major, as in the reference) and ``out=`` (the gradient added
+    in place into a C-contiguous array and into a strided view)."""
+    require(device, "gfgp_stats")
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape) * 3
-    if ties:  # repeated values: the max gradient must go to the first argmax, as in the reference
-        x = np.round(x)
-    x = x.astype(dtype)
-    xd = backend.to_device(x, device)
-    if gpu_pending(device, "", lambda: global_stats_forward(xd, stat)):
-        return
-    t, saved = global_stats_forward(xd, stat)
-    k = 2 if stat == "avg+std" else 1
-    assert t.shape == (shape[0], k * shape[1]) and t.dtype == dtype
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
-    assert_close(t, global_stats_reference(x, stat), name=f"t ({stat})", **tol)
-
-    gt = rng.standard_normal(t.shape).astype(dtype)
-    expected = global_stats_backward_reference(gt, x, stat)
-    gx = global_stats_backward(gt, saved)
-    assert gx.shape == x.shape and gx.dtype == dtype
-    assert_close(gx, expected, name=f"gx ({stat})", **tol)
-    # out=: the gradient is added into an existing array in place
-    base = rng.standard_normal(shape).astype(dtype)
-    acc = base.copy()
-    ret = global_stats_backward(gt, saved, out=acc)
-    assert ret is acc
-    assert_close(acc, base + expected, name=f"out += gx ({stat})", **tol)
-    # a non-contiguous out (a strided view) works too
-    wide = np.zeros(shape[:3] + (2 * shape[3],), dtype=dtype)
-    view = wide[..., ::2]
-    view[...] = base
-    assert global_stats_backward(gt, saved, out=view) is view
-    assert_close(wide[..., ::2], base + expected, name=f"strided out += gx ({stat})", **tol)
-    assert np.all(wide[..., 1::2] == 0)
-
-
-@given(shape=shapes4, stat=st.sampled_from(STATS), seed=seeds)
-def test_global_stats_gradient_central_differences(shape, stat, seed):
-    rng = np.random.default_rng(seed)
-    x = distinct_array(rng, shape, scale=1.0, gap=0.05)  # no ties: max is differentiable
-    r = None
-
-    def loss():
-        return float(np.sum(global_stats_forward(x, stat)[0] * r))
-
-    t, saved = global_stats_forward(x, stat)
-    r = rng.standard_normal(t.shape)
-    gx = global_stats_backward(r.copy(), saved)
-    check_gradients(loss, {"x": x}, {"x": gx}, max_checks=30, seed=seed)
+    x = np.round(rng.standard_normal(shape) * 3).astype(dtype)       # small integers: many ties
+    t, saved = global_stats_forward(backend.to_device(x, device), stat)
+    tol = OPS["gfgp_stats"].tol(dtype)
+    assert_close(t, global_stats_reference(x, stat), name=f"t ({stat}, ties)", **tol)
+    gt = backend.to_device(rng.standard_normal(t.shape).astype(dtype), device)
+    gx = added_into(global_stats_backward, gt, saved, shape, dtype, rng, tol)
+    assert_close(gx, global_stats_backward_reference(backend.to_numpy(gt), x, stat), name=f"gx ({stat}, ties)", **tol)
+    if stat == "max":                                                # exactly one cell per plane gets gt
+        assert np.array_equal((gx != 0).sum(axis=(2, 3)), (backend.to_numpy(gt) != 0).astype(int))
 
 
 def test_std_is_finite_for_a_constant_channel():
@@ -102,43 +88,6 @@ def test_max_propagates_nan_like_numpy():
     assert np.isnan(t[0, 0]) and t[0, 1] == 5.0
 
 
-@pytest.mark.parametrize("stat", STATS)
-def test_kernels_plain_python_fallback_agrees(stat):
-    """The kernels' Python source (what NUMBA_DISABLE_JIT=1 runs) gives the jitted results."""
-    def py(kernel):  # under NUMBA_DISABLE_JIT=1 the kernel already is the Python function
-        return getattr(kernel, "py_func", kernel)
-
-    rng = np.random.default_rng(1)
-    x2 = rng.standard_normal((6, 11))
-    g = rng.standard_normal(6)
-    if stat == "avg":
-        a, b = np.empty(6), np.empty(6)
-        gcpu.global_avg_fwd_cpu(x2, a)
-        py(gcpu.global_avg_fwd_cpu)(x2, b)
-        ga, gb = np.ones((6, 11)), np.ones((6, 11))
-        gcpu.global_avg_bwd_cpu(g, ga, True)
-        py(gcpu.global_avg_bwd_cpu)(g, gb, True)
-    elif stat == "avg+std":
-        a, b, sa, sb = np.empty(6), np.empty(6), np.empty(6), np.empty(6)
-        gcpu.global_avgstd_fwd_cpu(x2, 1e-5, a, sa)
-        py(gcpu.global_avgstd_fwd_cpu)(x2, 1e-5, b, sb)
-        np.testing.assert_allclose(sa, sb, rtol=1e-13)
-        ga, gb = np.ones((6, 11)), np.ones((6, 11))
-        gcpu.global_avgstd_bwd_cpu(x2, g, g[::-1].copy(), a, sa, ga, False)
-        py(gcpu.global_avgstd_bwd_cpu)(x2, g, g[::-1].copy(), a, sa, gb, False)
-    else:
-        a, b = np.empty(6), np.empty(6)
-        ia, ib = np.empty(6, np.int64), np.empty(6, np.int64)
-        gcpu.global_max_fwd_cpu(x2, a, ia)
-        py(gcpu.global_max_fwd_cpu)(x2, b, ib)
-        np.testing.assert_array_equal(ia, ib)
-        ga, gb = np.ones((6, 11)), np.ones((6, 11))
-        gcpu.global_max_bwd_cpu(g, ia, ga, False)
-        py(gcpu.global_max_bwd_cpu)(g, ib, gb, False)
-    np.testing.assert_allclose(a, b, rtol=1e-13)
-    np.testing.assert_allclose(ga, gb, rtol=1e-13)
-
-
 def test_global_stats_errors():
     x = np.ones((2, 3, 4, 4), dtype=np.float32)
     with pytest.raises(ValueError, match=r"global_stats_forward: x: expected a 4-D array .*got shape \(3, 4, 4\)"):
@@ -161,40 +110,20 @@ def test_global_stats_errors():
 # ---------------------------------------------------------------------------------------------
 # local statistics (Table 1b ablation)
 # ---------------------------------------------------------------------------------------------
-geom = st.sampled_from([((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((2, 3), (1, 2), (1, 0)),
-                        ((3, 2), (3, 1), (0, 1))])
-
-
 @device_ok
-@given(n=st.integers(1, 2), c=st.integers(1, 3), h=st.integers(3, 6), w=st.integers(3, 6), g=geom,
-       stat=st.sampled_from(STATS), dtype=dtypes, seed=seeds)
-def test_local_stats_match_reference(device, n, c, h, w, g, stat, dtype, seed):
-    rng = np.random.default_rng(seed)
-    k, s, p = g
-    x = rng.standard_normal((n, c, h, w)).astype(dtype)
-    xd = backend.to_device(x, device)
-    if gpu_pending(device, "", lambda: local_stats_forward(xd, stat, k, s, p)):
-        return
-    t, saved = local_stats_forward(xd, stat, k, s, p)
-    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
-    assert t.dtype == dtype
-    assert_close(t, local_stats_reference(x, stat, k, s, p), name=f"local t ({stat})", **tol)
-
-
-@given(g=geom, stat=st.sampled_from(STATS), seed=seeds)
-def test_local_stats_gradient_central_differences(g, stat, seed):
-    rng = np.random.default_rng(seed)
-    k, s, p = g
-    x = distinct_array(rng, (2, 2, 5, 4), scale=1.0, gap=0.05)
-    t, saved = local_stats_forward(x, stat, k, s, p)
-    r = rng.standard_normal(t.shape)
-    gx = local_stats_backward(r.copy(), saved)
-    base = rng.standard_normal(x.shape)
-    acc = base.copy()
-    assert local_stats_backward(r.copy(), saved, out=acc) is acc
-    assert_close(acc, base + gx, rtol=1e-12, atol=1e-12, name="out += gx")
-    check_gradients(lambda: float(np.sum(local_stats_forward(x, stat, k, s, p)[0] * r)), {"x": x}, {"x": gx},
-                    max_checks=30, seed=seed)
+@given(stat=st.sampled_from(STATS), dtype=dtypes, data=st.data())
+def test_local_stats_backward_adds_into_out(device, stat, dtype, data):
+    """``out=``: the local statistics' gradient added in place (C-contiguous and strided), on
+    the window geometries of :mod:`minignn.cases`."""
+    require(device, "gfgp_local_stats")
+    d = HypothesisDraw(data)
+    k, s, p = cases.window(d, max_s=3)
+    n, c = cases.planes(d, min_n=1, max_c=2)
+    shape = (n, c) + cases.spatial(d, k, p, extra=4)
+    x = cases.distinct(d, shape, dtype, gap=0.05)
+    t, saved = local_stats_forward(backend.to_device(x, device), stat, k, s, p)
+    gt = backend.to_device(d.rng.standard_normal(t.shape).astype(dtype), device)
+    added_into(local_stats_backward, gt, saved, shape, dtype, d.rng, OPS["gfgp_local_stats"].tol(dtype))
 
 
 def test_local_std_is_stable_for_a_large_offset():

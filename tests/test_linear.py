@@ -1,73 +1,58 @@
-"""Linear: forward and backward against plain NumPy, central differences in float64, PyTorch's
-initialisation (statistically), state and dtype moves, and every bad input."""
+"""Linear: what is specific to the layer. The contract suite (tests/test_ops.py) checks linear
+against its reference and central differences on every device; here: the layer handing its
+weight and bias to the op with the gradients adding up, PyTorch's initialisation
+(statistically), state and dtype moves, and every bad input."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-from helpers import assert_close, seeds
+from hypothesis import given, strategies as st
+from helpers import HypothesisDraw, assert_close, device_ok, dtypes, require
 
 from minignn import backend, init
-from minignn.gradcheck import gradcheck
 from minignn.layers import Linear
-
-# the `device` fixture is a plain string, so reusing it across generated inputs is safe
-device_ok = settings(suppress_health_check=list(settings().suppress_health_check) + [HealthCheck.function_scoped_fixture])
-dtypes = st.sampled_from([np.float32, np.float64])
-dims = st.tuples(st.integers(1, 5), st.integers(1, 9), st.integers(1, 7))  # (N, in, out): batch 1, odd sizes
+from minignn.ops import OPS
 
 
-def tol(dtype):
-    return dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
-
-
-def make(dims, dtype, seed, bias=True):
-    n, fin, fout = dims
-    rng = np.random.default_rng(seed)
-    m = Linear(fin, fout, bias=bias, rng=rng).to(dtype=dtype)
-    x = rng.standard_normal((n, fin)).astype(dtype)
-    return m, x, rng
+def linear_case(data, dtype):
+    """A Linear holding the weight (and bias, or none) of a case of the linear op's sampler, its
+    x and a generator."""
+    d = HypothesisDraw(data)
+    x, w, b = OPS["linear"].sample(d, dtype).inputs
+    m = Linear(w.shape[1], w.shape[0], bias=b is not None).to(dtype=dtype)
+    m.weight.data[...] = w
+    if b is not None:
+        m.bias.data[...] = b
+    return m, x, d.rng
 
 
 @device_ok
-@given(dims=dims, dtype=dtypes, bias=st.booleans(), seed=seeds)
-def test_forward_backward_match_numpy(device, dims, dtype, bias, seed):
-    m, x, rng = make(dims, dtype, seed, bias)
-    w = m.weight.data.astype(np.float64)
-    b = m.bias.data.astype(np.float64) if bias else np.zeros(dims[2])
-    m.to(device=device)
-    y = m.forward(backend.to_device(x, device))
-    assert backend.device_of(y) == device and y.shape == (dims[0], dims[2]) and y.dtype == dtype
-    x64 = x.astype(np.float64)
-    # written out element by element: y[n, o] = sum_i x[n, i] w[o, i] + b[o]
-    y_ref = np.einsum("ni,oi->no", x64, w) + b
-    assert_close(y, y_ref, name="y", **tol(dtype))
-
-    gy = rng.standard_normal(y.shape).astype(dtype)
-    gx = m.backward(backend.to_device(gy, device))
-    gy64 = gy.astype(np.float64)
-    assert gx.shape == x.shape and gx.dtype == dtype
-    assert_close(gx, np.einsum("no,oi->ni", gy64, w), name="gx", **tol(dtype))
-    assert_close(m.weight.grad, np.einsum("no,ni->oi", gy64, x64), name="gw", **tol(dtype))
-    if bias:
-        assert_close(m.bias.grad, gy64.sum(axis=0), name="gb", **tol(dtype))
-    # gradients ADD into .grad
-    m.backward(backend.to_device(gy, device))
-    assert_close(m.weight.grad, 2 * np.einsum("no,ni->oi", gy64, x64), name="gw accumulated", **tol(dtype))
-    if bias:
-        assert_close(m.bias.grad, 2 * gy64.sum(axis=0), name="gb accumulated", **tol(dtype))
+@given(data=st.data(), dtype=dtypes)
+def test_layer_hands_its_parameters_to_the_op_and_gradients_add_up(device, data, dtype):
+    """The layer gives what the linear op gives with its weight and bias, on its device, and the
+    parameter gradients of two backward passes (two upstream gradients) add up in .grad."""
+    require(device, "linear")
+    m, x, rng = linear_case(data, dtype)
+    params = [p.data.copy() for p in m.parameters()]  # [weight] or [weight, bias]
+    w, b = (params + [None])[:2]
+    tol = OPS["linear"].tol(dtype)
+    (y_op,), saved = OPS["linear"].forward(x, w, b)
+    y = m.to(device=device).forward(backend.to_device(x, device))
+    assert backend.device_of(y) == device
+    assert_close(y, y_op, name="y of the layer vs the op", **tol)
+    total = [np.zeros_like(p) for p in params]
+    for step in (1, 2):
+        gy = rng.standard_normal(y_op.shape).astype(dtype)
+        gx_op, *grads = OPS["linear"].backward(saved, gy)
+        assert_close(m.backward(backend.to_device(gy, device)), gx_op, name=f"gx of backward {step}", **tol)
+        total = [t + g for t, g in zip(total, grads)]
+        for (name, p), t in zip(m.named_parameters(), total):
+            assert_close(p.grad, t, name=f"{name}.grad after {step} backward(s)", **tol)
 
 
-@given(dims=dims, bias=st.booleans(), seed=seeds)
-def test_gradcheck_input_weight_bias(dims, bias, seed):
-    m, x, _ = make(dims, np.float32, seed, bias)
-    gradcheck(m, x, max_checks=15, seed=seed)
-
-
-def test_non_contiguous_input():
+def test_non_contiguous_upstream_gradient():
+    """A reversed view of gy (the contract draws only the inputs in other layouts)."""
     rng = np.random.default_rng(0)
     m = Linear(4, 3, rng=rng).to(dtype=np.float64)
-    x = rng.standard_normal((8, 6))[::2, 1:5]  # a strided view, (4, 4)
-    assert not x.flags.c_contiguous
-    assert_close(m.forward(x), x @ m.weight.data.T + m.bias.data, name="y of a strided view")
+    m.forward(rng.standard_normal((4, 4)))
     gy = rng.standard_normal((4, 3))[:, ::-1]
     assert_close(m.backward(gy), gy @ m.weight.data, name="gx of a strided gy")
 
@@ -118,7 +103,6 @@ def test_no_bias():
     assert repr(m) == "Linear(3, 2, bias=False)" and repr(Linear(3, 2)) == "Linear(3, 2)"
     x = np.random.default_rng(1).standard_normal((4, 3))
     assert_close(m.forward(x), x @ m.weight.data.T, name="y without bias")
-    gradcheck(m, x, max_checks=None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,24 +173,22 @@ def test_errors():
             Linear(*args)
 
 
-@given(dims=dims, seed=seeds)
-def test_matches_torch(dims, seed):
+@given(data=st.data())
+def test_op_matches_torch(data):
+    """The linear op against torch.nn.functional.linear, in float64."""
     torch = pytest.importorskip("torch")
-    m, x, rng = make(dims, np.float64, seed)
-    y = m.forward(x)
-    gy = rng.standard_normal(y.shape)
-    gx = m.backward(gy)
-    t = torch.nn.Linear(dims[1], dims[2]).double()
-    with torch.no_grad():
-        t.weight.copy_(torch.from_numpy(m.weight.data))
-        t.bias.copy_(torch.from_numpy(m.bias.data))
-    tx = torch.from_numpy(x).requires_grad_(True)
-    ty = t(tx)
+    d = HypothesisDraw(data)
+    inputs = OPS["linear"].sample(d, np.float64).inputs  # x, w and b (or None)
+    (y,), saved = OPS["linear"].forward(*inputs)
+    gy = d.rng.standard_normal(y.shape)
+    grads = OPS["linear"].backward(saved, gy)
+    tensors = [None if a is None else torch.from_numpy(a).requires_grad_(True) for a in inputs]
+    ty = torch.nn.functional.linear(*tensors)
     ty.backward(torch.from_numpy(gy))
     assert_close(y, ty.detach().numpy(), name="y vs torch", rtol=1e-12, atol=1e-12)
-    assert_close(gx, tx.grad.numpy(), name="gx vs torch", rtol=1e-12, atol=1e-12)
-    assert_close(m.weight.grad, t.weight.grad.numpy(), name="gw vs torch", rtol=1e-12, atol=1e-12)
-    assert_close(m.bias.grad, t.bias.grad.numpy(), name="gb vs torch", rtol=1e-12, atol=1e-12)
+    for name, g, t in zip(("gx", "gw", "gb"), grads, tensors):
+        if t is not None:
+            assert_close(g, t.grad.numpy(), name=f"{name} vs torch", rtol=1e-12, atol=1e-12)
 
 
 def test_init_bounds_match_torch():

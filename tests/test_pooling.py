@@ -1,44 +1,28 @@
-"""MaxPool2d, AvgPool2d and GlobalAvgPool2d: Numba kernels vs the NumPy reference, gradients vs
-central differences, and every error case."""
+"""MaxPool2d, AvgPool2d and GlobalAvgPool2d: what is specific to pooling. The contract suite
+(tests/test_ops.py) checks max_pool2d, avg_pool2d and global_avg_pool2d against their references
+and central differences on every device; here: the tie rule and NaN propagation of max pooling,
+padding that never wins or counts, the argmax layout and dtype, the layers against their
+functionals, and every error case."""
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
-from helpers import assert_close, distinct_array, seeds, gpu_pending
+from hypothesis import assume, given, settings, strategies as st
+from helpers import HypothesisDraw, assert_close, device_ok, distinct_array, dtypes, require
 
-from minignn import backend
-from minignn.gradcheck import gradcheck
+from minignn import backend, cases
 from minignn.layers.pooling import (AvgPool2d, GlobalAvgPool2d, MaxPool2d, argmax_dtype, avg_pool2d_backward,
                                     avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward)
 from minignn.layers.pooling import cpu as pcpu
-from minignn.layers.pooling.reference import (avgpool2d_backward_ref, avgpool2d_forward_ref,
-                                              global_avgpool2d_backward_ref, global_avgpool2d_forward_ref,
-                                              maxpool2d_backward_ref, maxpool2d_forward_ref)
-
-# the `device` fixture is a plain string, so reusing it across generated inputs is safe
-device_ok = settings(suppress_health_check=list(settings().suppress_health_check) + [HealthCheck.function_scoped_fixture])
-dtypes = st.sampled_from([np.float32, np.float64])
+from minignn.layers.pooling.reference import maxpool2d_backward_ref, maxpool2d_forward_ref
+from minignn.ops import OPS
 
 
-def tol(dtype):
-    return dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
-
-
-
-@st.composite
-def geometries(draw, max_k=4):
-    """(x shape, kernel, stride, padding): any kernel, stride and padding < kernel, batch 1..3,
-    odd and non-square sizes, kernels that do not tile the input; one draw in four is the 2x2
-    stride-2 fast path."""
-    if draw(st.integers(0, 3)) == 0:
-        k, s, p = (2, 2), (2, 2), (0, 0)
-    else:
-        k = (draw(st.integers(1, max_k)), draw(st.integers(1, max_k)))
-        s = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
-        p = (draw(st.integers(0, k[0] - 1)), draw(st.integers(0, k[1] - 1)))
-    h = draw(st.integers(max(1, k[0] - 2 * p[0]), k[0] + 7))
-    w = draw(st.integers(max(1, k[1] - 2 * p[1]), k[1] + 7))
-    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), h, w)
-    return shape, k, s, p
+def draw_input(data, max_k=4):
+    """A window (one draw in four the 2x2 stride-2 fast path) and an x shape it fits, from the
+    shared samplers of minignn.cases."""
+    d = HypothesisDraw(data)
+    k, s, p = cases.window(d, max_k=max_k)
+    n, c = cases.planes(d, min_n=1)
+    return d, (n, c) + cases.spatial(d, k, p), k, s, p
 
 
 def window_offsets_to_flat(arg, x_shape, k, s, p):
@@ -52,37 +36,22 @@ def window_offsets_to_flat(arg, x_shape, k, s, p):
 
 # ---------------------------------------------------------------------------------- max pooling
 @device_ok
-@given(geom=geometries(), dtype=dtypes, ties=st.booleans(), seed=seeds)
-def test_maxpool_matches_reference(device, geom, dtype, ties, seed):
-    shape, k, s, p = geom
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape)
-    if ties:  # few distinct values: the first maximum in row-major window order must win
-        x = np.round(x)
-    x = x.astype(dtype)
-    m = MaxPool2d(k, s, p)
-    xd = backend.to_device(x, device)
-    if gpu_pending(device, "", lambda: m.forward(xd)):
-        return
-    y = m.forward(xd)
+@given(data=st.data(), dtype=dtypes)
+def test_maxpool_ties_go_to_the_first_maximum(device, data, dtype):
+    """Few distinct values (the contract draws distinct ones): in every window the first maximum
+    in row-major window order wins, in y, in the stored int8 offsets and so in gx."""
+    require(device, "max_pool2d")
+    d, shape, k, s, p = draw_input(data)
+    x = np.round(d.rng.standard_normal(shape)).astype(dtype)
+    y, arg = max_pool2d_forward(backend.to_device(x, device), k, s, p)
     y_ref, arg_ref = maxpool2d_forward_ref(x, k, s, p)
-    assert y.shape == y_ref.shape and y.dtype == dtype
-    assert_close(y, y_ref, rtol=0, atol=0, name="y")
-    _, arg = max_pool2d_forward(x, k, s, p)
+    np.testing.assert_array_equal(backend.to_numpy(y), y_ref)
+    arg = backend.to_numpy(arg)
     assert arg.dtype == np.int8
     np.testing.assert_array_equal(window_offsets_to_flat(arg.astype(np.int64), shape, k, s, p), arg_ref)
-
-    gy = rng.standard_normal(y.shape).astype(dtype)
-    gx = m.backward(backend.to_device(gy, device))
-    assert gx.shape == shape and gx.dtype == dtype
-    assert_close(gx, maxpool2d_backward_ref(gy, arg_ref, shape), name="gx", **tol(dtype))
-
-
-@given(geom=geometries(max_k=3), seed=seeds)
-def test_maxpool_gradient_central_differences(geom, seed):
-    shape, k, s, p = geom
-    x = distinct_array(np.random.default_rng(seed), shape)  # no ties: the max is differentiable
-    assert gradcheck(MaxPool2d(k, s, p), x, max_checks=60, seed=seed)
+    gy = d.rng.standard_normal(y_ref.shape).astype(dtype)
+    gx = max_pool2d_backward(backend.to_device(gy, device), backend.to_device(arg, device), shape, k, s, p)
+    assert_close(gx, maxpool2d_backward_ref(gy, arg_ref, shape), name="gx", **OPS["max_pool2d"].tol(dtype))
 
 
 def test_maxpool_padding_never_wins():
@@ -107,12 +76,17 @@ def test_maxpool_overlapping_windows_accumulate():
 
 
 def test_maxpool_nan_propagates():
+    """A NaN wins its windows (and takes their gradient), in the 2x2 fast path and the general one."""
     x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
     x[0, 0, 0, 1] = np.nan
-    for k, s, p in [(2, 2, 0), (3, 1, 1)]:  # the 2x2 fast path and the general path
-        y = MaxPool2d(k, s, p).forward(x)
+    for k, s, p in [(2, 2, 0), (3, 1, 1)]:
+        m = MaxPool2d(k, s, p)
+        y = m.forward(x)
+        y_ref, arg_ref = maxpool2d_forward_ref(x, (k, k), (s, s), (p, p))
         assert np.isnan(y[0, 0, 0, 0]), (k, s, p)
-        assert np.isnan(y).sum() == np.isnan(maxpool2d_forward_ref(x, (k, k), (s, s), (p, p))[0]).sum()
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+        gy = np.ones_like(y)
+        np.testing.assert_array_equal(m.backward(gy), maxpool2d_backward_ref(gy, arg_ref, x.shape))
 
 
 def test_maxpool_large_kernel_uses_int32_offsets():
@@ -129,33 +103,6 @@ def test_maxpool_large_kernel_uses_int32_offsets():
 
 
 # ------------------------------------------------------------------------------ average pooling
-@device_ok
-@given(geom=geometries(), dtype=dtypes, seed=seeds)
-def test_avgpool_matches_reference(device, geom, dtype, seed):
-    shape, k, s, p = geom
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape).astype(dtype)
-    m = AvgPool2d(k, s, p)
-    xd = backend.to_device(x, device)
-    if gpu_pending(device, "", lambda: m.forward(xd)):
-        return
-    y = m.forward(xd)
-    y_ref = avgpool2d_forward_ref(x, k, s, p)
-    assert y.shape == y_ref.shape and y.dtype == dtype
-    assert_close(y, y_ref, name="y", **tol(dtype))
-    gy = rng.standard_normal(y.shape).astype(dtype)
-    gx = m.backward(backend.to_device(gy, device))
-    assert gx.shape == shape and gx.dtype == dtype
-    assert_close(gx, avgpool2d_backward_ref(gy, shape, k, s, p), name="gx", **tol(dtype))
-
-
-@given(geom=geometries(max_k=3), seed=seeds)
-def test_avgpool_gradient_central_differences(geom, seed):
-    shape, k, s, p = geom
-    x = np.random.default_rng(seed).standard_normal(shape)
-    assert gradcheck(AvgPool2d(k, s, p), x, max_checks=60, seed=seed)
-
-
 def test_avgpool_excludes_padding_from_the_count():
     """count_include_pad=False: a constant input stays constant, corners included."""
     x = np.full((1, 1, 4, 4), 3.0)
@@ -185,60 +132,35 @@ def test_functional_pairs_match_the_layers():
         np.testing.assert_array_equal(gx, gxf)
 
 
-def test_noncontiguous_input():
+def test_non_contiguous_upstream_gradient():
+    """A reversed view of gy gives the gradient of its contiguous copy (the contract draws only
+    the inputs in other layouts)."""
     rng = np.random.default_rng(4)
     x = rng.standard_normal((5, 6, 3, 2)).transpose(3, 2, 1, 0)  # (2, 3, 6, 5), not C-contiguous
-    for m, ref in [(MaxPool2d(2), lambda v: maxpool2d_forward_ref(v, (2, 2), (2, 2), (0, 0))[0]),
-                   (AvgPool2d(2), lambda v: avgpool2d_forward_ref(v, (2, 2), (2, 2), (0, 0)))]:
-        assert_close(m.forward(x), ref(np.ascontiguousarray(x)))
-        gy = rng.standard_normal((2, 3, 3, 2))[:, :, :, ::-1]  # a reversed, non-contiguous view
+    for m in (MaxPool2d(2), AvgPool2d(2), GlobalAvgPool2d()):
+        y = m.forward(x)
+        gy = rng.standard_normal(y.shape[:-1] + (2 * y.shape[-1],))[..., ::-2]
         np.testing.assert_array_equal(m.backward(gy), m.backward(np.ascontiguousarray(gy)))
 
 
-@pytest.mark.parametrize("geom", [((2, 2), (2, 2), (0, 0)), ((3, 2), (2, 1), (1, 1))])
-def test_kernels_plain_python_fallback_agrees(geom):
-    """The kernels' Python source (what NUMBA_DISABLE_JIT=1 runs) gives the jitted results."""
-    k, s, p = geom
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((2, 2, 5, 7))
-    ho, wo = (5 + 2 * p[0] - k[0]) // s[0] + 1, (7 + 2 * p[1] - k[1]) // s[1] + 1
-    outs = []
-    for f_max, f_maxb, f_avg, f_avgb in [(pcpu.maxpool2d_fwd_cpu, pcpu.maxpool2d_bwd_cpu, pcpu.avgpool2d_fwd_cpu,
-                                          pcpu.avgpool2d_bwd_cpu),
-                                         (pcpu.maxpool2d_fwd_cpu.py_func, pcpu.maxpool2d_bwd_cpu.py_func,
-                                          pcpu.avgpool2d_fwd_cpu.py_func, pcpu.avgpool2d_bwd_cpu.py_func)]:
-        y, arg, ya = np.empty((2, 2, ho, wo)), np.empty((2, 2, ho, wo), np.int8), np.empty((2, 2, ho, wo))
-        gx, gxa = np.full(x.shape, 7.0), np.full(x.shape, 7.0)  # garbage: the kernels must overwrite it
-        f_max(x, *k, *s, *p, y, arg)
-        f_maxb(y, arg, *k, *s, *p, gx)
-        f_avg(x, *k, *s, *p, ya)
-        f_avgb(ya, *k, *s, *p, gxa)
-        outs.append((y, arg, gx, ya, gxa))
-    for a, b in zip(*outs):
-        np.testing.assert_allclose(a, b, rtol=1e-13, atol=0)
-
-
-# ----------------------------------------------------------------------- global average pooling
-@device_ok
-@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 4), st.integers(1, 6), st.integers(1, 6)),
-       dtype=dtypes, seed=seeds)
-def test_global_avgpool_matches_reference(device, shape, dtype, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal(shape).astype(dtype)
-    m = GlobalAvgPool2d()
-    y = m.forward(backend.to_device(x, device))
-    assert y.shape == shape[:2] and y.dtype == dtype
-    assert_close(y, global_avgpool2d_forward_ref(x), name="y", **tol(dtype))
-    gy = rng.standard_normal(shape[:2]).astype(dtype)
-    gx = m.backward(backend.to_device(gy, device))
-    assert gx.shape == shape and gx.dtype == dtype
-    assert_close(gx, global_avgpool2d_backward_ref(gy, shape), name="gx", **tol(dtype))
-
-
-@given(shape=st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 4), st.integers(1, 4)), seed=seeds)
-def test_global_avgpool_gradient_central_differences(shape, seed):
-    x = np.random.default_rng(seed).standard_normal(shape)
-    assert gradcheck(GlobalAvgPool2d(), x, seed=seed)
+@pytest.mark.parametrize("k, s, p", [((2, 2), (2, 2), (0, 0)), ((3, 2), (2, 1), (1, 1))], ids=["2x2", "general"])
+def test_kernels_overwrite_their_outputs(k, s, p):
+    """The CPU kernels write every cell of y, argmax and gx (the public path hands them np.empty
+    arrays): outputs prefilled with garbage come out as from fresh ones."""
+    x = np.random.default_rng(5).standard_normal((2, 2, 5, 7))
+    y_ref, arg = max_pool2d_forward(x, k, s, p)
+    gy = np.random.default_rng(6).standard_normal(y_ref.shape)
+    y, a, ya = np.full_like(y_ref, np.nan), np.full_like(arg, 99), np.full_like(y_ref, np.nan)
+    gx, gxa = np.full(x.shape, np.nan), np.full(x.shape, np.nan)
+    pcpu.maxpool2d_fwd_cpu(x, *k, *s, *p, y, a)
+    pcpu.maxpool2d_bwd_cpu(gy, a, *k, *s, *p, gx)
+    pcpu.avgpool2d_fwd_cpu(x, *k, *s, *p, ya)
+    pcpu.avgpool2d_bwd_cpu(gy, *k, *s, *p, gxa)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(a, arg)
+    np.testing.assert_array_equal(gx, max_pool2d_backward(gy, arg, x.shape, k, s, p))
+    np.testing.assert_array_equal(ya, avg_pool2d_forward(x, k, s, p))
+    np.testing.assert_array_equal(gxa, avg_pool2d_backward(gy, x.shape, k, s, p))
 
 
 # ----------------------------------------------------------------------------------- errors
@@ -309,13 +231,13 @@ def test_global_avgpool_errors():
 
 # ---------------------------------------------------------------------------- against PyTorch
 @settings(max_examples=10)
-@given(geom=geometries(max_k=3), seed=seeds)
-def test_against_torch(geom, seed):
+@given(data=st.data())
+def test_against_torch(data):
     torch = pytest.importorskip("torch")
-    shape, k, s, p = geom
+    d, shape, k, s, p = draw_input(data, max_k=3)
     assume(2 * p[0] <= k[0] and 2 * p[1] <= k[1])  # torch requires padding <= kernel/2
-    x = distinct_array(np.random.default_rng(seed), shape)
-    gy = np.random.default_rng(seed + 1).standard_normal(MaxPool2d(k, s, p).forward(x).shape)
+    x = distinct_array(d.rng, shape)
+    gy = d.rng.standard_normal(MaxPool2d(k, s, p).forward(x).shape)
     for ours, theirs in [(MaxPool2d(k, s, p), torch.nn.MaxPool2d(k, s, p)),
                          (AvgPool2d(k, s, p), torch.nn.AvgPool2d(k, s, p, count_include_pad=False))]:
         tx = torch.from_numpy(x.copy()).requires_grad_(True)

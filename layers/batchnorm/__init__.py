@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from minignn import backend
+from minignn import backend, cases, ops
 from minignn.checks import check_array, check_grad_output, check_positive_int, check_probability
 from minignn.module import Module, Parameter
 
 from . import cpu as _cpu
+from . import reference as _ref
 
 __all__ = ["BatchNorm2d", "batch_norm2d_forward", "batch_norm2d_backward"]
 
@@ -93,8 +94,7 @@ def batch_norm2d_forward(x, gamma, beta, mean=None, var=None, eps=1e-5, training
             raise ValueError(f"{where}: mean, var: expected the running statistics when training=False, got None")
         for name, v in (("mean", mean), ("var", var)):
             check_array(v, name, ndim=1, where=where, channels=c, channel_axis=0)
-    fn = backend.pick(x, cpu=_fwd_cpu, gpu=None, op="batch_norm2d_forward")
-    return fn(x, gamma, beta, mean, var, eps, training)
+    return ops.kernels("batchnorm2d", x).forward(x, gamma, beta, mean, var, eps, training)
 
 
 def batch_norm2d_backward(gy, x, gamma, mean, invstd, training=True):
@@ -102,8 +102,61 @@ def batch_norm2d_backward(gy, x, gamma, mean, invstd, training=True):
     ``ggamma, gbeta`` ((C,) float64 sums, to be added to the parameters' gradients)."""
     where = "batch_norm2d_backward"
     check_grad_output(gy, x.shape, x.dtype, where=where)
-    fn = backend.pick(gy, cpu=_bwd_cpu, gpu=None, op="batch_norm2d_backward")
-    return fn(gy, x, gamma, mean, invstd, training)
+    return ops.kernels("batchnorm2d", gy).backward(gy, x, gamma, mean, invstd, training)
+
+
+# ---------------------------------------------------------------------------------- the op table
+# forward(x, gamma, beta, mean, var, eps=, training=) -> ((y, mean, var), saved); gradients for y only
+def _forward(x, gamma, beta, mean=None, var=None, eps=1e-5, training=True):
+    y, m, v, invstd = batch_norm2d_forward(x, gamma, beta, mean, var, eps, training)
+    return (y, m, v), (x, gamma, m, invstd, training)
+
+
+def _backward(saved, gy):
+    gx, ggamma, gbeta = batch_norm2d_backward(gy, *saved)
+    return gx, ggamma, gbeta, None, None
+
+
+def _forward_ref(x, gamma, beta, mean=None, var=None, eps=1e-5, training=True):
+    zero = np.zeros(x.shape[1])                  # running statistics: not used in training mode
+    y, _ = _ref.batchnorm2d_forward_ref(x, gamma, beta, zero if mean is None else mean,
+                                        zero if var is None else var, training, eps=eps)
+    x64 = x.astype(np.float64)
+    m, v = (x64.mean(axis=_ref.AXES), x64.var(axis=_ref.AXES)) if training else (mean, var)
+    return (y, m, v), (x, gamma, mean, var, training, eps)
+
+
+def _backward_ref(saved, gy):
+    x, gamma, mean, var, training, eps = saved
+    gx, ggamma, gbeta = _ref.batchnorm2d_backward_ref(gy, x, gamma, mean, var, training, eps=eps)
+    return gx, ggamma, gbeta, None, None
+
+
+def _sample(draw, dtype):
+    """Channels of different means and scales (one draw in four with a large common offset,
+    |mean| >> std); N*H*W > 1 in training mode; running statistics for eval mode."""
+    training = draw.bool()
+    n, c = cases.planes(draw, min_n=1)
+    h, w = draw.int(1, 6), draw.int(1, 6)
+    if training and n * h * w < 2:
+        w += 1
+    rng = draw.rng
+    offset = 100.0 if draw.int(0, 3) == 0 else 0.0
+    x = (rng.standard_normal((n, c, h, w)) * rng.uniform(0.5, 3.0, (1, c, 1, 1))
+         + rng.standard_normal((1, c, 1, 1)) + offset).astype(dtype)
+    gamma = (rng.uniform(0.5, 2.0, c) * rng.choice([-1, 1], c)).astype(dtype)
+    beta = rng.standard_normal(c).astype(dtype)
+    mean = var = None
+    if not training:
+        mean, var = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2.0, c).astype(dtype)
+    return ops.Case((x, gamma, beta, mean, var), dict(training=training), wrt=(0, 1, 2))
+
+
+ops.register(ops.Op(
+    "batchnorm2d", "per-channel normalisation with batch (train) or running (eval) statistics",
+    forward=_forward, backward=_backward, reference=(_forward_ref, _backward_ref),
+    cpu=ops.Kernels(_fwd_cpu, _bwd_cpu), gpu=None, sample=_sample,
+    tol=lambda dtype: dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)))
 
 
 class BatchNorm2d(Module):
@@ -149,9 +202,8 @@ class BatchNorm2d(Module):
         if self.training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
             raise ValueError(f"{where}: x: expected more than 1 value per channel in train mode "
                              f"(N*H*W > 1), got shape {tuple(x.shape)}; use eval() for single values")
-        fn = backend.pick(x, cpu=_fwd_cpu, gpu=None, op="BatchNorm2d.forward")
-        y, mean, var, invstd = fn(x, self.weight.data, self.bias.data, self.running_mean, self.running_var,
-                                  self.eps, self.training)
+        y, mean, var, invstd = batch_norm2d_forward(x, self.weight.data, self.bias.data, self.running_mean,
+                                                    self.running_var, self.eps, self.training)
         if self.training:
             m, mom = x.shape[0] * x.shape[2] * x.shape[3], self.momentum
             xp = backend.get_array_module(x)
@@ -164,8 +216,7 @@ class BatchNorm2d(Module):
     def backward(self, gy):
         x, mean, invstd, training = self._saved_or_raise(self._saved)
         check_grad_output(gy, x.shape, x.dtype, where="BatchNorm2d.backward")
-        fn = backend.pick(gy, cpu=_bwd_cpu, gpu=None, op="BatchNorm2d.backward")
-        gx, ggamma, gbeta = fn(gy, x, self.weight.data, mean, invstd, training)
+        gx, ggamma, gbeta = batch_norm2d_backward(gy, x, self.weight.data, mean, invstd, training)
         self.weight.grad += ggamma.astype(self.weight.grad.dtype)
         self.bias.grad += gbeta.astype(self.bias.grad.dtype)
         return gx

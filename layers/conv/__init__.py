@@ -36,22 +36,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from minignn import backend
+from minignn import backend, cases, ops
 from minignn.checks import check_array, check_grad_output, check_positive_int
 from minignn.init import uniform_fan_in
 from minignn.module import Module, Parameter
 
 from .._window import out_size, pair
+from . import reference as _ref
 from .cpu import col2im_cpu, im2col_cpu
 
 __all__ = ["Conv2d", "conv2d_forward", "conv2d_backward", "im2col", "col2im", "MAX_COLS_BYTES"]
 
 #: Default cap on the column matrix (bytes); above it the batch is processed in chunks.
 MAX_COLS_BYTES = 256 * 2**20
-
-_GPU_IM2COL = None  # "minignn.layers.conv.gpu:im2col_gpu" once the CuPy kernels exist
-_GPU_COL2IM = None
-
 
 def im2col(x, kernel, stride, padding, out_hw, cols=None):
     """Lower ``x`` (N, C, H, W) to ``cols`` (C*kh*kw, N*Ho*Wo); see the module docstring.
@@ -63,8 +60,7 @@ def im2col(x, kernel, stride, padding, out_hw, cols=None):
     n, c = x.shape[:2]
     if cols is None:
         cols = xp.empty((c * kh * kw, n * ho * wo), dtype=x.dtype)
-    fn = backend.pick(x, cpu=im2col_cpu, gpu=_GPU_IM2COL, op="conv2d (im2col)")
-    fn(xp.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, ho, wo, cols)
+    ops.kernels("im2col", x).forward(xp.ascontiguousarray(x), kh, kw, sh, sw, ph, pw, ho, wo, cols)
     return cols
 
 
@@ -75,8 +71,7 @@ def col2im(cols, x_shape, kernel, stride, padding, out_hw, gx=None):
     (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, padding, out_hw
     if gx is None:
         gx = xp.empty(x_shape, dtype=cols.dtype)
-    fn = backend.pick(cols, cpu=col2im_cpu, gpu=_GPU_COL2IM, op="conv2d (col2im)")
-    fn(cols, kh, kw, sh, sw, ph, pw, ho, wo, gx)
+    ops.kernels("im2col", cols).backward(cols, kh, kw, sh, sw, ph, pw, ho, wo, gx)
     return gx
 
 
@@ -207,7 +202,7 @@ def conv2d_backward(gy, saved, need_gx=True):
     ckk = w.shape[1] * w.shape[2] * w.shape[3]
     w2 = w.reshape(o, ckk)
     ws = saved.workspace
-    gw2 = xp.empty((o, ckk), dtype=x.dtype)
+    gw2 = (xp.empty if n > 0 else xp.zeros)((o, ckk), dtype=x.dtype)  # an empty batch has zero gradient
     gb = xp.zeros((o,), dtype=x.dtype) if saved.has_bias else None
     gx = xp.empty(x.shape, dtype=x.dtype) if need_gx else None
     geo = (saved.kernel, saved.stride, saved.padding, saved.out_hw)
@@ -238,6 +233,81 @@ def conv2d_backward(gy, saved, need_gx=True):
             gcols = xp.matmul(w2.T, gmat, out=cols)
             col2im(gcols, (nc,) + x.shape[1:], *geo, gx=gx[n0:n1])
     return gx, gw2.reshape(w.shape), gb
+
+
+# ---------------------------------------------------------------------------------- the op table
+def _sample_geometry(draw):
+    """(kernel, stride, padding, H, W): the kernel fits the padded input; H != W, non-square
+    kernels and strides that do not tile the input all occur, and half the draws have the
+    "same" width at stride 1 (Wo == W: 3x3 padding 1, 1x1, 5x5 padding 2...), the kernels'
+    shifted-copy path."""
+    kh, kw = draw.int(1, 5), draw.int(1, 5)
+    sh, sw = draw.int(1, 3), draw.int(1, 3)
+    ph, pw = draw.int(0, min(2, kh)), draw.int(0, min(2, kw))
+    if draw.bool():
+        kw = draw.choice([1, 3, 5])
+        sw, pw = 1, kw // 2
+        if draw.bool():
+            sh, kh, ph = 1, kw, pw
+    h = max(1, kh - 2 * ph + draw.int(0, 6))
+    w = max(1, kw - 2 * pw + draw.int(0, 6))
+    return (kh, kw), (sh, sw), (ph, pw), h, w
+
+
+def _sample_im2col(draw, dtype):
+    k, s, p, h, w = _sample_geometry(draw)
+    n, c = cases.planes(draw)
+    return ops.Case((cases.values(draw, (n, c, h, w), dtype),), dict(kernel=k, stride=s, padding=p))
+
+
+def _sample_conv(draw, dtype):
+    k, s, p, h, w = _sample_geometry(draw)
+    n, c, o = cases.batch(draw), draw.int(1, 4), draw.int(1, 4)
+    b = cases.values(draw, (o,), dtype) if draw.bool() else None
+    # one image per column buffer in one draw of three: the chunked path that recomputes columns
+    cap = 1 if draw.int(0, 2) == 0 else MAX_COLS_BYTES
+    return ops.Case((cases.values(draw, (n, c, h, w), dtype), cases.values(draw, (o, c) + k, dtype), b),
+                    dict(stride=s, padding=p, max_cols_bytes=cap))
+
+
+def _im2col_forward(x, kernel, stride, padding):
+    ho = out_size(x.shape[2], kernel[0], stride[0], padding[0])
+    wo = out_size(x.shape[3], kernel[1], stride[1], padding[1])
+    geo = (kernel, stride, padding, (ho, wo))
+    return (im2col(x, *geo),), (x.shape, geo)
+
+
+def _conv_forward(x, w, b, **kw):
+    y, saved = conv2d_forward(x, w, b, **kw)
+    return (y,), saved
+
+
+def _conv_forward_ref(x, w, b, stride, padding, max_cols_bytes=None):
+    s, p = pair(stride, "stride"), pair(padding, "padding", minimum=0)
+    return (_ref.conv2d_forward_ref(x, w, b, s, p),), (x, w, b is not None, s, p)
+
+
+def _conv_backward_ref(saved, gy):
+    x, w, has_bias, s, p = saved
+    gx, gw, gb = _ref.conv2d_backward_ref(x, w, gy, s, p)
+    return gx, gw, gb if has_bias else None
+
+
+ops.register(ops.Op(
+    "im2col", "the convolution's column matrix (forward) and its adjoint col2im (backward)",
+    forward=_im2col_forward,
+    backward=lambda saved, gcols: (col2im(gcols, saved[0], *saved[1]),),
+    reference=(lambda x, **g: ((_ref.im2col_ref(x, **g),), (x.shape, g)),
+               lambda saved, gcols: (_ref.col2im_ref(gcols, saved[0], **saved[1]),)),
+    cpu=ops.Kernels(im2col_cpu, col2im_cpu), gpu=None, sample=_sample_im2col))
+
+ops.register(ops.Op(
+    "conv2d", "2-D convolution (cross-correlation) as im2col and three GEMMs",
+    forward=_conv_forward, backward=lambda saved, gy: conv2d_backward(gy, saved),
+    reference=(_conv_forward_ref, _conv_backward_ref),
+    cpu=ops.XP, gpu=ops.XP, needs=("im2col",), sample=_sample_conv,
+    tol=lambda dtype: dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12),
+    gradcheck=dict(max_checks=12)))
 
 
 class Conv2d(Module):

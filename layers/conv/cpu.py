@@ -16,9 +16,9 @@ iterations touch the same output cell, so there is no race.
 
 Stride 1 with ``Wo == W`` (every "same" convolution: 3x3 padding 1, 1x1, ...) has a fast path.
 There output pixel ``p = oh*W + ow`` reads input cell ``p + (i - ph)*W + (j - pw)`` of the
-flattened plane: one contiguous shifted copy per offset over all the valid rows, instead of one
-short loop per output row (rows of 16 pixels and less in a CIFAR net, where the loop set-up
-dominated: at (128, 64, 16, 16), 3x3, im2col 13.0 -> 5.2 ms and col2im 13.0 -> 8.6 ms). The cells
+flattened plane: one contiguous shifted copy per offset over all the valid rows, which
+vectorises, instead of one short loop per output row (rows of 16 pixels and less in a CIFAR net,
+where the loop set-up dominates; timings: ``benchmarks/results/kernel-history.md``). The cells
 whose column falls outside the input (they would wrap around to the neighbouring row) are zeroed
 after the copy (im2col) or selected away with a per-column mask (col2im), and rows outside the
 input are zero (im2col) or skipped (col2im).

@@ -48,3 +48,33 @@ def conv2d_backward_ref(x, w, gy, stride=(1, 1), padding=(0, 0)):
     gx = gxp[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]
     gb = gy.sum(axis=(0, 2, 3))
     return gx, gw, gb
+
+
+def im2col_ref(x, kernel, stride, padding):
+    """The column matrix (C*kh*kw, N*Ho*Wo) by its definition, on a zero-padded copy:
+    ``cols[(c*kh + i)*kw + j, (n*Ho + oh)*Wo + ow] = xpad[n, c, oh*sh + i, ow*sw + j]``."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    n, c = x.shape[:2]
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    ho = (xp.shape[2] - kh) // sh + 1
+    wo = (xp.shape[3] - kw) // sw + 1
+    cols = np.empty((c, kh, kw, n, ho, wo), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, i, j] = _window(xp, i, j, ho, wo, sh, sw).transpose(1, 0, 2, 3)
+    return cols.reshape(c * kh * kw, n * ho * wo)
+
+
+def col2im_ref(cols, x_shape, kernel, stride, padding):
+    """The adjoint of :func:`im2col_ref`: every column entry added back to the cell it was read
+    from; entries read from the padding are dropped."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    n, c, h, w = x_shape
+    ho = (h + 2 * ph - kh) // sh + 1
+    wo = (w + 2 * pw - kw) // sw + 1
+    g = cols.reshape(c, kh, kw, n, ho, wo)
+    gxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            _window(gxp, i, j, ho, wo, sh, sw)[...] += g[:, i, j].transpose(1, 0, 2, 3)
+    return gxp[:, :, ph:ph + h, pw:pw + w].copy()

@@ -26,13 +26,14 @@ import math
 
 import numpy as np
 
-from minignn import backend
+from minignn import backend, cases, ops
 from minignn.checks import check_array, check_grad_output, check_positive_int
 from minignn.init import get_rng, uniform_fan_in
 from minignn.module import Module, Parameter
 
 from .._window import pair
 from . import cpu as _cpu
+from . import reference as _ref
 
 STATS = ("avg", "avg+std", "max")
 ACTIVATIONS = ("sigmoid", "softplus", "tanh", "identity")
@@ -82,8 +83,7 @@ def global_stats_forward(x, stat: str = "avg", eps: float = STD_EPS):
     _check_choice(stat, "stat", STATS, where)
     if x.shape[2] * x.shape[3] == 0:
         raise ValueError(f"{where}: x: expected a non-empty H x W, got shape {tuple(x.shape)}")
-    fwd = backend.pick(x, cpu=_cpu.global_stats_fwd_cpu, gpu=None, op="global_stats")
-    t, aux = fwd(x, stat, eps)
+    t, aux = ops.kernels("gfgp_stats", x).forward(x, stat, eps)
     saved = {"stat": stat, "shape": tuple(x.shape), "dtype": x.dtype, "t_shape": tuple(t.shape), "aux": aux}
     return t, saved
 
@@ -109,8 +109,7 @@ def global_stats_backward(gt, saved, out=None):
     check_grad_output(gt, saved["t_shape"], saved["dtype"], where=where, name="gt")
     if out is not None:
         check_grad_output(out, saved["shape"], saved["dtype"], where=where, name="out")
-    bwd = backend.pick(gt, cpu=_cpu.global_stats_bwd_cpu, gpu=None, op="global_stats")
-    return bwd(gt, saved["stat"], saved["shape"], saved["aux"], out)
+    return ops.kernels("gfgp_stats", gt).backward(gt, saved["stat"], saved["shape"], saved["aux"], out)
 
 
 # ================================================================================================
@@ -185,6 +184,63 @@ def local_stats_backward(gt, saved, out=None):
         return gx
     out += gx
     return out
+
+
+# ================================================================================================
+# the op table
+# ================================================================================================
+def _sample_global(draw, dtype):
+    """Distinct values (the max statistic is differentiable), every statistic."""
+    n, c = cases.planes(draw)
+    x = cases.distinct(draw, (n, c, draw.int(1, 6), draw.int(1, 6)), dtype, gap=0.05)
+    return ops.Case((x,), dict(stat=draw.choice(STATS)))
+
+
+def _sample_local(draw, dtype):
+    k, s, p = cases.window(draw, max_s=3)
+    n, c = cases.planes(draw, max_c=2)
+    h, w = cases.spatial(draw, k, p, extra=4)
+    x = cases.distinct(draw, (n, c, h, w), dtype, gap=min(0.05, 2.0 / max(1, n * c * h * w)))  # within +-1
+    return ops.Case((x,), dict(stat=draw.choice(STATS), kernel_size=k, stride=s, padding=p))
+
+
+def _local_tol(dtype):
+    """float32: the window variance E[x'^2] - E[x']^2 is off by ~eps32 E[x'^2] (<= 1e-7 for these
+    inputs within +-1), relative to var + STD_EPS >= 1e-5: up to ~1e-3 relative in std and its
+    gradient (the price of two average poolings instead of a two-pass variance per window)."""
+    return dict(rtol=2e-3, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-10)
+
+
+def _global_forward(x, stat):
+    t, saved = global_stats_forward(x, stat)
+    return (t,), saved
+
+
+def _local_forward(x, stat, **win):
+    t, saved = local_stats_forward(x, stat, **win)
+    return (t,), saved
+
+
+def _local_forward_ref(x, stat, kernel_size, stride, padding):
+    win = dict(kernel_size=pair(kernel_size, "kernel_size"), stride=pair(stride, "stride"),
+               padding=pair(padding, "padding", minimum=0))
+    return (_ref.local_stats_reference(x, stat, **win),), (x, stat, win)
+
+
+ops.register(ops.Op(
+    "gfgp_stats", "per-channel statistics over H x W (avg, avg+std, max): GFGP's input t",
+    forward=_global_forward, backward=lambda saved, gt: (global_stats_backward(gt, saved),),
+    reference=(lambda x, stat: ((_ref.global_stats_reference(x, stat),), (x, stat)),
+               lambda saved, gt: (_ref.global_stats_backward_reference(gt, saved[0], saved[1]),)),
+    cpu=ops.Kernels(_cpu.global_stats_fwd_cpu, _cpu.global_stats_bwd_cpu), gpu=None, sample=_sample_global))
+
+ops.register(ops.Op(
+    "gfgp_local_stats", "the statistics over each pooling window instead (the local ablation)",
+    forward=_local_forward, backward=lambda saved, gt: (local_stats_backward(gt, saved),),
+    reference=(_local_forward_ref,
+               lambda saved, gt: (_ref.local_stats_backward_reference(gt, saved[0], saved[1], **saved[2]),)),
+    cpu=ops.XP, gpu=ops.XP, needs=("avg_pool2d", "max_pool2d"), sample=_sample_local,
+    tol=_local_tol))
 
 
 # ================================================================================================

@@ -101,7 +101,7 @@ def global_max_bwd_cpu(g, arg, gx, accumulate):
         gx[p, arg[p]] += g[p]
 
 
-# --- host-side dispatch (what backend.pick selects for CPU arrays) -----------------------------
+# --- host side: the CPU kernels of the gfgp_stats op (minignn.ops) ----------------------------
 def global_stats_fwd_cpu(x, stat: str, eps: float):
     """t (N, kC) and the auxiliary arrays the backward needs, for a C-contiguous float x."""
     n, c, h, w = x.shape

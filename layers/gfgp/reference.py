@@ -22,8 +22,8 @@ STATS = ("avg", "avg+std", "max")
 
 def global_stats_reference(x: np.ndarray, stat: str = "avg", eps: float = 1e-5) -> np.ndarray:
     """t of shape (N, C) for "avg" / "max", (N, 2C) for "avg+std" (avg block, then std block)."""
-    n, c = x.shape[:2]
-    flat = x.reshape(n, c, -1).astype(np.float64)
+    n, c, h, w = x.shape
+    flat = x.reshape(n, c, h * w).astype(np.float64)
     avg = flat.mean(axis=2)
     if stat == "avg":
         t = avg
@@ -74,7 +74,7 @@ def local_stats_reference(x: np.ndarray, stat: str = "avg", kernel_size=(2, 2), 
         for j in range(wo):
             r0, c0 = i * sh - ph, j * sw - pw
             win = x[:, :, max(r0, 0):min(r0 + kh, h), max(c0, 0):min(c0 + kw, w)].astype(np.float64)
-            win = win.reshape(n, c, -1)
+            win = win.reshape(n, c, win.shape[2] * win.shape[3])
             t[:, :c, i, j] = win.max(axis=2) if stat == "max" else win.mean(axis=2)
             if stat == "avg+std":
                 t[:, c:, i, j] = np.sqrt(win.var(axis=2) + eps)
@@ -112,3 +112,33 @@ def gfgp_mapping_reference(t, V_lam, activation="sigmoid", U=None, b_U=None, b_l
         c = V_lam.shape[0]
         rho = r.reshape((r.shape[0], c, -1) + r.shape[2:])
     return lam, rho
+
+
+def local_stats_backward_reference(gt: np.ndarray, x: np.ndarray, stat: str = "avg", kernel_size=(2, 2),
+                                   stride=(2, 2), padding=(0, 0), eps: float = 1e-5) -> np.ndarray:
+    """gx (N, C, H, W) of the window statistics, window by window: avg spreads g / |R| over the
+    real cells, max sends g to the first argmax (row-major), std adds g (x - mean) / (|R| std)."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    n, c, h, w = x.shape
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    gt = gt.astype(np.float64)
+    gx = np.zeros((n, c, h, w))
+    for i in range(ho):
+        for j in range(wo):
+            r0, c0 = i * sh - ph, j * sw - pw
+            rows, cols = slice(max(r0, 0), min(r0 + kh, h)), slice(max(c0, 0), min(c0 + kw, w))
+            win = x[:, :, rows, cols].astype(np.float64)
+            m = win.shape[2] * win.shape[3]
+            g = gt[:, :c, i, j][:, :, None, None]
+            if stat == "max":
+                flat = win.reshape(n, c, m)
+                onehot = np.zeros_like(flat)
+                np.put_along_axis(onehot, flat.argmax(axis=2)[:, :, None], 1.0, axis=2)
+                gx[:, :, rows, cols] += g * onehot.reshape(win.shape)
+                continue
+            gx[:, :, rows, cols] += g / m
+            if stat == "avg+std":
+                mean = win.mean(axis=(2, 3), keepdims=True)
+                std = np.sqrt(win.var(axis=(2, 3), keepdims=True) + eps)
+                gx[:, :, rows, cols] += gt[:, c:, i, j][:, :, None, None] * (win - mean) / (m * std)
+    return gx.astype(x.dtype)

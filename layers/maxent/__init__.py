@@ -41,15 +41,14 @@ import numbers
 
 import numpy as np
 
-from minignn import backend
+from minignn import backend, cases, ops
 from minignn.checks import check_array, check_grad_output
-from minignn.layers._window import check_pool_padding, out_size, pair
+from minignn.layers._window import Window
 
 from . import cpu as _cpu
+from . import reference as _ref
 
 __all__ = ["maxent_pool2d_forward", "maxent_pool2d_backward", "MaxEntSaved"]
-
-_OP = "maxent_pool2d"
 
 
 class MaxEntSaved:
@@ -177,21 +176,17 @@ def maxent_pool2d_forward(x, lam, rho=None, kernel_size=2, stride=2, padding=0):
     """
     where = "maxent_pool2d_forward"
     check_array(x, "x", ndim=4, where=where)
-    kh, kw = pair(kernel_size, "kernel_size", where)
-    sh, sw = (kh, kw) if stride is None else pair(stride, "stride", where)
-    ph, pw = pair(padding, "padding", where, minimum=0)
-    check_pool_padding((kh, kw), (ph, pw), where)
-    N, C, H, W = x.shape
-    Ho = out_size(H, kh, sh, ph, "H", where)
-    Wo = out_size(W, kw, sw, pw, "W", where)
+    win = Window.of(kernel_size, stride, padding, where)
+    N, C = x.shape[:2]
+    Ho, Wo = win.out_hw(*x.shape[2:], where)
+    kh, kw = win.kernel
     lam4, lam_form = _normalise_lam(lam, x, Ho, Wo, where)
     rho3, rho_form = _normalise_rho(rho, x, kh, kw, where)
     xp = backend.get_array_module(x)
     x = xp.ascontiguousarray(x)
-    geometry = (kh, kw, sh, sw, ph, pw)
+    geometry = win.flat
     y_shape = (N, C, Ho, Wo)
-    fwd = backend.pick(x, cpu=_forward_cpu, gpu=None, op=_OP)
-    y = fwd(x, lam4, rho3, geometry, y_shape)
+    y = ops.kernels("maxent_pool2d", x).forward(x, lam4, rho3, geometry, y_shape)
     return y, MaxEntSaved(x, lam4, rho3, lam_form, rho_form, geometry, y_shape)
 
 
@@ -220,8 +215,8 @@ def maxent_pool2d_backward(gy, saved):
                         f" ({backend.device_of(x)}), got one on {backend.device_of(gy)}")
     xp = backend.get_array_module(x)
     gy = xp.ascontiguousarray(gy)
-    bwd = backend.pick(x, cpu=_backward_cpu, gpu=None, op=_OP)
-    gx, glam, grho = bwd(x, saved.lam4, saved.rho3, gy, saved.geometry, saved.rho_form is not None)
+    gx, glam, grho = ops.kernels("maxent_pool2d", x).backward(x, saved.lam4, saved.rho3, gy, saved.geometry,
+                                                              saved.rho_form is not None)
     # glam arrives as (N, C, Hl, Wl): per (n, c) plane, or per position for the "NCHW" form
     form = saved.lam_form
     if form == "scalar":
@@ -235,3 +230,52 @@ def maxent_pool2d_backward(gy, saved):
     elif saved.rho_form == "CK":
         grho = grho.sum(axis=0)
     return gx, glam, grho
+
+
+# ---------------------------------------------------------------------------------- the op table
+LAM_FORMS = ("scalar", "C", "NC", "NCHW")
+RHO_FORMS = (None, "CK", "NCK")
+
+
+def _sample(draw, dtype):
+    """Any window geometry (the 2x2 fast path one time in four, also with planes 32-35 wide:
+    rows of a vector register and more), every lam form with lam in [-3, 3] (a scalar as a
+    Python float or a 0-d array), every rho form."""
+    k, s, p = cases.window(draw, max_s=3)
+    n, c = cases.planes(draw)
+    h, w = cases.spatial(draw, k, p)
+    if (k, s, p) == ((2, 2), (2, 2), (0, 0)) and draw.bool():
+        w = draw.int(32, 35)
+    ho, wo = (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
+    rng = draw.rng
+    form = draw.choice(LAM_FORMS)
+    size = {"scalar": (), "C": (c,), "NC": (n, c), "NCHW": (n, c, ho, wo)}[form]
+    lam = rng.uniform(-3, 3, size).astype(dtype)
+    if form == "scalar" and draw.bool():
+        lam = float(lam)                  # a Python float; else a 0-d array (the checker can perturb it)
+    rho_form = draw.choice(RHO_FORMS)
+    rho = None if rho_form is None else rng.standard_normal((c, k[0] * k[1]) if rho_form == "CK"
+                                                            else (n, c, k[0] * k[1])).astype(dtype)
+    return ops.Case((cases.values(draw, (n, c, h, w), dtype), lam, rho), dict(kernel_size=k, stride=s, padding=p))
+
+
+def _forward(x, lam, rho, **win):
+    y, saved = maxent_pool2d_forward(x, lam, rho, **win)
+    return (y,), saved
+
+
+def _forward_ref(x, lam, rho, **win):
+    return (_ref.maxent_pool2d_forward_ref(x, lam, rho, **win),), (x, lam, rho, win)
+
+
+def _backward_ref(saved, gy):
+    x, lam, rho, win = saved
+    return _ref.maxent_pool2d_backward_ref(x, lam, rho, gy, **win)
+
+
+ops.register(ops.Op(
+    "maxent_pool2d", "softmax-weighted mean over each window (Eq. 6-10), every lam and rho form",
+    forward=_forward, backward=lambda saved, gy: maxent_pool2d_backward(gy, saved),
+    reference=(_forward_ref, _backward_ref), cpu=ops.Kernels(_forward_cpu, _backward_cpu), gpu=None,
+    sample=_sample, gradcheck=dict(max_checks=12),
+    tol=lambda dtype: dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-10)))

@@ -17,9 +17,12 @@ Two window loops exist, chosen per call:
   each block's windows de-interleaved into contiguous scratch, then one loop over the block
   computes max, exps, sums and gradients.
 * ``_fwd_plane_generic`` / ``_bwd_plane_generic``: any kernel, stride and padding. The plane's
-  windows are laid out as (K, P) scratch (K = kh*kw offsets, P = Ho*Wo windows; padded cells get
-  z = -inf, so exp gives 0 and they drop out of the softmax), and every pass runs over P
-  contiguous values.
+  windows are laid out as (K, P) scratch by the window template
+  (:func:`minignn.layers._window.gather_plane`; K = kh*kw offsets, P = Ho*Wo windows; padded
+  cells get z = -inf, so exp gives 0 and they drop out of the softmax), the max-entropy logits
+  are added, and :func:`_softmax_mean` forms the weighted mean; every pass runs over P
+  contiguous values. A pooling whose weights are another softmax (a per-cell logit map, as in
+  LIP) needs only its own logits on the same scratch.
 
 Both keep every loop free of exceptions (``error_model="numpy"``: float division never raises)
 and of mixed precision, so LLVM vectorises them, the exponential included: :func:`fexp` is a
@@ -49,7 +52,7 @@ from numba import types
 from numba.extending import overload
 
 from minignn._numba import njit, pjit, prange
-from minignn.layers._window import valid_range
+from minignn.layers._window import gather_plane, is_2x2, param_plane, param_steps, valid_range
 
 _KW = dict(error_model="numpy")   # division by zero gives inf/nan instead of raising: no early exits
 
@@ -137,8 +140,8 @@ def planes_per_chunk(NC):
 # a, the deviations of the other three from it, lam and gy per window), one loop over the block
 # does the arithmetic, vectorised exps included, and the results go back to their places. One
 # long loop per block instead of one per output row: rows of a CIFAR net are 16 windows wide or
-# less, too short for the vector loop (the per-row version was 1.7x slower at 16x16 outputs, and
-# needed a third loop for narrower planes).
+# less, too short for the vector loop, so a per-row version is dominated by loop set-up (and
+# needed a third loop for narrower planes). Timings: benchmarks/results/kernel-history.md.
 # ---------------------------------------------------------------------------------------------
 TILE = 1024
 LANES = 16                             # partial sums of _sum_lanes: 16 float32 = one AVX-512 register
@@ -200,12 +203,9 @@ def _sum_lanes(a, L, lanes):
 def _fwd_plane_2x2(x, lam4, rho3, n, c, rb, yf, xa, ub, uc, ud, lv):
     C = x.shape[1]
     Ho, Wo = x.shape[2] // 2, x.shape[3] // 2
-    nl = n if lam4.shape[0] > 1 else 0
-    cl = c if lam4.shape[1] > 1 else 0
-    hl = 1 if lam4.shape[2] > 1 else 0
-    wl = 1 if lam4.shape[3] > 1 else 0
-    nr = n if rho3.shape[0] > 1 else 0
-    cr = c if rho3.shape[1] > 1 else 0
+    nl, cl = param_plane(lam4, n, c)
+    hl, wl = param_steps(lam4)
+    nr, cr = param_plane(rho3, n, c)
     ra, rb_, rc, rd = rho3[nr, cr, 0], rho3[nr, cr, 1], rho3[nr, cr, 2], rho3[nr, cr, 3]
     for h0 in range(0, Ho, rb):
         h1 = min(Ho, h0 + rb)
@@ -225,12 +225,9 @@ def _bwd_plane_2x2(x, lam4, rho3, gy, n, c, rb, want_grho, gx, glam, grho,
                    xa, ub, uc, ud, lv, gv, gl, pa_, pb_, pc_, pd_, lanes):
     H, W = x.shape[2], x.shape[3]
     Ho, Wo = H // 2, W // 2
-    nl = n if lam4.shape[0] > 1 else 0
-    cl = c if lam4.shape[1] > 1 else 0
-    hl = 1 if lam4.shape[2] > 1 else 0
-    wl = 1 if lam4.shape[3] > 1 else 0
-    nr = n if rho3.shape[0] > 1 else 0
-    cr = c if rho3.shape[1] > 1 else 0
+    nl, cl = param_plane(lam4, n, c)
+    hl, wl = param_steps(lam4)
+    nr, cr = param_plane(rho3, n, c)
     ra, rb_, rc, rd = rho3[nr, cr, 0], rho3[nr, cr, 1], rho3[nr, cr, 2], rho3[nr, cr, 3]
     lanes[0] = 0
     s_l = lanes[0]                        # plane sums (in x's dtype): glam, grho
@@ -310,50 +307,30 @@ def _softmax_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, 
     unnormalised weights exp(z - max z) with z = lam (X_q - x0) + rho_q (0 at padded cells), s (P,)
     their sums and y (P,) the shifted outputs Y - x0 = sum_q e (X_q - x0) / s.
 
-    Shifting by a cell of the window changes no weight (lam x0 cancels in the softmax), and for
-    windows of close values (like [1000, 1000.03]) X_q - x0 is exact, so z, Y - x0 and the
-    deviations X_q - Y of the backward keep full relative precision."""
-    H = x.shape[2]
-    W = x.shape[3]
-    K = kh * kw
-    P = Ho * Wo
-    nl = n if lam4.shape[0] > 1 else 0
-    cl = c if lam4.shape[1] > 1 else 0
-    hl = 1 if lam4.shape[2] > 1 else 0
-    wl = 1 if lam4.shape[3] > 1 else 0
-    nr = n if rho3.shape[0] > 1 else 0
-    cr = c if rho3.shape[1] > 1 else 0
+    The window template's scratch (:func:`~minignn.layers._window.gather_plane`) with the
+    max-entropy logits added to its log-mask: shifting by a cell of the window changes no weight
+    (lam x0 cancels in the softmax), and for windows of close values (like [1000, 1000.03])
+    X_q - x0 is exact, so z, Y - x0 and the deviations X_q - Y of the backward keep full relative
+    precision."""
+    gather_plane(x, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, x0, xs, e)
+    nl, cl = param_plane(lam4, n, c)
+    hl, wl = param_steps(lam4)
     for ho in range(Ho):
-        r0 = ho * sh - ph
-        r0 = r0 if r0 > 0 else 0
         for wo in range(Wo):
             lamp[ho * Wo + wo] = lam4[nl, cl, ho * hl, wo * wl]
-            c0 = wo * sw - pw
-            x0[ho * Wo + wo] = x[n, c, r0, c0 if c0 > 0 else 0]   # real: padding < kernel
-    # gather: xs <- X - x0, e <- z = lam * (X - x0) + rho at real cells; 0 and -inf at padded ones
-    for q in range(K):
-        i = q // kw
-        j = q - i * kw
+    nr, cr = param_plane(rho3, n, c)
+    for q in range(kh * kw):              # the logits: z = lam (X_q - x0) + rho_q, -inf at padding
         rq = rho3[nr, cr, q]
-        lo, hi = valid_range(j, sw, pw, W, Wo)
-        for ho in range(Ho):
-            r = ho * sh + i - ph
-            base = ho * Wo
-            if r < 0 or r >= H:
-                lo_r, hi_r = Wo, Wo
-            else:
-                lo_r, hi_r = lo, hi
-            for wo in range(lo_r):
-                xs[q, base + wo] = 0
-                e[q, base + wo] = -np.inf
-            for wo in range(lo_r, hi_r):
-                v = x[n, c, r, wo * sw + j - pw] - x0[base + wo]
-                xs[q, base + wo] = v
-                e[q, base + wo] = lamp[base + wo] * v + rq
-            for wo in range(hi_r, Wo):
-                xs[q, base + wo] = 0
-                e[q, base + wo] = -np.inf
-    # shift by each window's own max (every window holds a real cell: padding < kernel)
+        for p in range(Ho * Wo):
+            e[q, p] += lamp[p] * xs[q, p] + rq
+    _softmax_mean(e, xs, s, y)
+
+
+@njit(**_KW)
+def _softmax_mean(e, xs, s, y):
+    """Logits e (K, P) -> e = exp(e - max_q e) in place, s = sum_q e, y = sum_q e xs / s: the
+    softmax-weighted mean of every window (every window holds a real cell: padding < kernel)."""
+    K, P = e.shape
     for p in range(P):
         s[p] = e[0, p]
     for q in range(1, K):
@@ -447,7 +424,7 @@ def maxent_pool2d_fwd_cpu(x, lam4, rho3, kh, kw, sh, sw, ph, pw, per, rb, y):
     Ho, Wo = y.shape[2], y.shape[3]
     K = kh * kw
     P = Ho * Wo
-    fast = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+    fast = is_2x2(kh, kw, sh, sw, ph, pw)
     nchunks = (N * C + per - 1) // per
     for chunk in prange(nchunks):
         lo, hi = chunk * per, min((chunk + 1) * per, N * C)   # this iteration's planes
@@ -485,7 +462,7 @@ def maxent_pool2d_bwd_cpu(x, lam4, rho3, gy, kh, kw, sh, sw, ph, pw, per, rb, wa
     Ho, Wo = gy.shape[2], gy.shape[3]
     K = kh * kw
     P = Ho * Wo
-    fast = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+    fast = is_2x2(kh, kw, sh, sw, ph, pw)
     nchunks = (N * C + per - 1) // per
     for chunk in prange(nchunks):
         lo, hi = chunk * per, min((chunk + 1) * per, N * C)   # this iteration's planes

@@ -22,29 +22,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from minignn import backend
+from minignn import backend, cases, ops
 from minignn.checks import check_array, check_grad_output
 from minignn.module import Module
 
-from .._window import check_pool_padding, out_size, pair
+from .._window import Window, pair
 from . import cpu as _cpu
+from . import reference as _ref
 
 __all__ = ["MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "max_pool2d_forward", "max_pool2d_backward",
-           "avg_pool2d_forward", "avg_pool2d_backward", "argmax_dtype"]
+           "avg_pool2d_forward", "avg_pool2d_backward", "global_avg_pool2d_forward", "global_avg_pool2d_backward",
+           "argmax_dtype"]
 
 
-def _geometry(kernel_size, stride, padding, where):
+def _geometry(kernel_size, stride=None, padding=0, where=""):
     """Validated ``(kh, kw), (sh, sw), (ph, pw)``; ``stride=None`` means the kernel size."""
-    k = pair(kernel_size, "kernel_size", where)
-    s = k if stride is None else pair(stride, "stride", where)
-    p = pair(padding, "padding", where, minimum=0)
-    check_pool_padding(k, p, where)
-    return k, s, p
+    win = Window.of(kernel_size, stride, padding, where)
+    return win.kernel, win.stride, win.padding
 
 
 def _out_shape(x_shape, k, s, p, where):
-    n, c, h, w = x_shape
-    return n, c, out_size(h, k[0], s[0], p[0], "H", where), out_size(w, k[1], s[1], p[1], "W", where)
+    return Window(k, s, p).out_shape(x_shape, where)
 
 
 def argmax_dtype(kernel_size) -> np.dtype:
@@ -87,8 +85,7 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
     k, s, p = _geometry(kernel_size, stride, padding, where)
     check_array(x, "x", ndim=4, where=where)
     y_shape = _out_shape(x.shape, k, s, p, where)
-    fn = backend.pick(x, cpu=_max_fwd_cpu, gpu=None, op="max_pool2d_forward")
-    return fn(x, k, s, p, y_shape)
+    return ops.kernels("max_pool2d", x).forward(x, k, s, p, y_shape)
 
 
 def max_pool2d_backward(gy, argmax, x_shape, kernel_size, stride=None, padding=0):
@@ -102,8 +99,7 @@ def max_pool2d_backward(gy, argmax, x_shape, kernel_size, stride=None, padding=0
     if tuple(argmax.shape) != y_shape or np.dtype(argmax.dtype).kind not in "iu":
         raise ValueError(f"{where}: argmax: expected an integer array of shape {y_shape}, got "
                          f"{argmax.dtype} of shape {tuple(argmax.shape)}")
-    fn = backend.pick(gy, cpu=_max_bwd_cpu, gpu=None, op="max_pool2d_backward")
-    return fn(gy, argmax, x_shape, k, s, p)
+    return ops.kernels("max_pool2d", gy).backward(gy, argmax, x_shape, k, s, p)
 
 
 # ----------------------------------------------------------------------------- average pooling
@@ -128,8 +124,7 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
     k, s, p = _geometry(kernel_size, stride, padding, where)
     check_array(x, "x", ndim=4, where=where)
     y_shape = _out_shape(x.shape, k, s, p, where)
-    fn = backend.pick(x, cpu=_avg_fwd_cpu, gpu=None, op="avg_pool2d_forward")
-    return fn(x, k, s, p, y_shape)
+    return ops.kernels("avg_pool2d", x).forward(x, k, s, p, y_shape)
 
 
 def avg_pool2d_backward(gy, x_shape, kernel_size, stride=None, padding=0):
@@ -139,8 +134,92 @@ def avg_pool2d_backward(gy, x_shape, kernel_size, stride=None, padding=0):
     k, s, p = _geometry(kernel_size, stride, padding, where)
     x_shape = tuple(int(v) for v in x_shape)
     check_grad_output(gy, _out_shape(x_shape, k, s, p, where), where=where)
-    fn = backend.pick(gy, cpu=_avg_bwd_cpu, gpu=None, op="avg_pool2d_backward")
-    return fn(gy, x_shape, k, s, p)
+    return ops.kernels("avg_pool2d", gy).backward(gy, x_shape, k, s, p)
+
+
+# ---------------------------------------------------------------------- global average pooling
+def global_avg_pool2d_forward(x):
+    """Mean over the spatial axes: x (N, C, H, W) -> y (N, C), x's dtype (device-agnostic)."""
+    check_array(x, "x", ndim=4, where="global_avg_pool2d_forward")
+    xp = backend.get_array_module(x)
+    n, c, h, w = x.shape
+    y = x.reshape(n, c, h * w).mean(axis=2)  # x's dtype (pairwise summation in NumPy)
+    return xp.asarray(y, dtype=x.dtype)
+
+
+def global_avg_pool2d_backward(gy, x_shape):
+    """gx = gy / (H*W) broadcast over H and W: gy (N, C) -> gx ``x_shape``."""
+    x_shape = tuple(int(v) for v in x_shape)
+    check_grad_output(gy, x_shape[:2], where="global_avg_pool2d_backward")
+    xp = backend.get_array_module(gy)
+    gx = xp.empty(x_shape, dtype=gy.dtype)
+    gx[...] = (gy * gy.dtype.type(1.0 / (x_shape[2] * x_shape[3])))[:, :, None, None]
+    return gx
+
+
+# ---------------------------------------------------------------------------------- the op table
+def _sample(draw, dtype):
+    """x (N, C, H, W) of distinct values (no ties: the max is differentiable) and a window."""
+    k, s, p = cases.window(draw)
+    n, c = cases.planes(draw)
+    h, w = cases.spatial(draw, k, p)
+    return ops.Case((cases.distinct(draw, (n, c, h, w), dtype),), dict(kernel_size=k, stride=s, padding=p))
+
+
+def _sample_global(draw, dtype):
+    n, c = cases.planes(draw)
+    return ops.Case((cases.values(draw, (n, c, draw.int(1, 7), draw.int(1, 7)), dtype),))
+
+
+# One calling convention for the table: forward(x, **window) -> ((y,), saved), backward(saved, gy) -> (gx,)
+def _max_forward(x, **win):
+    y, arg = max_pool2d_forward(x, **win)
+    return (y,), (arg, x.shape, win)
+
+
+def _max_backward(saved, gy):
+    arg, x_shape, win = saved
+    return (max_pool2d_backward(gy, arg, x_shape, **win),)
+
+
+def _max_forward_ref(x, **win):
+    y, arg = _ref.maxpool2d_forward_ref(x, *_geometry(**win))
+    return (y,), (arg, x.shape)
+
+
+def _avg_forward(x, **win):
+    return (avg_pool2d_forward(x, **win),), (x.shape, win)
+
+
+def _avg_backward(saved, gy):
+    x_shape, win = saved
+    return (avg_pool2d_backward(gy, x_shape, **win),)
+
+
+def _avg_forward_ref(x, **win):
+    geo = _geometry(**win)
+    return (_ref.avgpool2d_forward_ref(x, *geo),), (x.shape, geo)
+
+
+ops.register(ops.Op(
+    "max_pool2d", "max over each window's real cells; the first maximum wins, NaN propagates",
+    forward=_max_forward, backward=_max_backward,
+    reference=(_max_forward_ref, lambda saved, gy: (_ref.maxpool2d_backward_ref(gy, *saved),)),
+    cpu=ops.Kernels(_max_fwd_cpu, _max_bwd_cpu), gpu=None, sample=_sample))
+
+ops.register(ops.Op(
+    "avg_pool2d", "mean over each window's real cells (padding not counted)",
+    forward=_avg_forward, backward=_avg_backward,
+    reference=(_avg_forward_ref, lambda saved, gy: (_ref.avgpool2d_backward_ref(gy, saved[0], *saved[1]),)),
+    cpu=ops.Kernels(_avg_fwd_cpu, _avg_bwd_cpu), gpu=None, sample=_sample))
+
+ops.register(ops.Op(
+    "global_avg_pool2d", "mean over H and W: (N, C, H, W) -> (N, C)",
+    forward=lambda x: ((global_avg_pool2d_forward(x),), x.shape),
+    backward=lambda x_shape, gy: (global_avg_pool2d_backward(gy, x_shape),),
+    reference=(lambda x: ((_ref.global_avgpool2d_forward_ref(x),), x.shape),
+               lambda x_shape, gy: (_ref.global_avgpool2d_backward_ref(gy, x_shape),)),
+    cpu=ops.XP, gpu=ops.XP, sample=_sample_global))
 
 
 # ---------------------------------------------------------------------------------- the layers
@@ -173,17 +252,14 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, x):
         check_array(x, "x", ndim=4, where="MaxPool2d.forward")
-        y_shape = _out_shape(x.shape, self.kernel_size, self.stride, self.padding, "MaxPool2d.forward")
-        fn = backend.pick(x, cpu=_max_fwd_cpu, gpu=None, op="MaxPool2d.forward")
-        y, arg = fn(x, self.kernel_size, self.stride, self.padding, y_shape)
+        y, arg = max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
         self._saved = (arg, tuple(x.shape), y.shape, y.dtype)
         return y
 
     def backward(self, gy):
         arg, x_shape, y_shape, dtype = self._saved_or_raise(self._saved)
         check_grad_output(gy, y_shape, dtype, where="MaxPool2d.backward")
-        fn = backend.pick(gy, cpu=_max_bwd_cpu, gpu=None, op="MaxPool2d.backward")
-        return fn(gy, arg, x_shape, self.kernel_size, self.stride, self.padding)
+        return max_pool2d_backward(gy, arg, x_shape, self.kernel_size, self.stride, self.padding)
 
 
 class AvgPool2d(_Pool2d):
@@ -202,17 +278,14 @@ class AvgPool2d(_Pool2d):
 
     def forward(self, x):
         check_array(x, "x", ndim=4, where="AvgPool2d.forward")
-        y_shape = _out_shape(x.shape, self.kernel_size, self.stride, self.padding, "AvgPool2d.forward")
-        fn = backend.pick(x, cpu=_avg_fwd_cpu, gpu=None, op="AvgPool2d.forward")
-        y = fn(x, self.kernel_size, self.stride, self.padding, y_shape)
+        y = avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
         self._saved = (tuple(x.shape), y.shape, y.dtype)
         return y
 
     def backward(self, gy):
         x_shape, y_shape, dtype = self._saved_or_raise(self._saved)
         check_grad_output(gy, y_shape, dtype, where="AvgPool2d.backward")
-        fn = backend.pick(gy, cpu=_avg_bwd_cpu, gpu=None, op="AvgPool2d.backward")
-        return fn(gy, x_shape, self.kernel_size, self.stride, self.padding)
+        return avg_pool2d_backward(gy, x_shape, self.kernel_size, self.stride, self.padding)
 
 
 class GlobalAvgPool2d(Module):
@@ -225,16 +298,10 @@ class GlobalAvgPool2d(Module):
 
     def forward(self, x):
         check_array(x, "x", ndim=4, where="GlobalAvgPool2d.forward")
-        xp = backend.get_array_module(x)
-        n, c, h, w = x.shape
-        y = x.reshape(n, c, h * w).mean(axis=2)  # x's dtype (pairwise summation in NumPy)
         self._saved = (tuple(x.shape), x.dtype)
-        return xp.asarray(y, dtype=x.dtype)
+        return global_avg_pool2d_forward(x)
 
     def backward(self, gy):
         x_shape, dtype = self._saved_or_raise(self._saved)
         check_grad_output(gy, x_shape[:2], dtype, where="GlobalAvgPool2d.backward")
-        xp = backend.get_array_module(gy)
-        gx = xp.empty(x_shape, dtype=dtype)
-        gx[...] = (gy * dtype.type(1.0 / (x_shape[2] * x_shape[3])))[:, :, None, None]
-        return gx
+        return global_avg_pool2d_backward(gy, x_shape)

@@ -6,8 +6,10 @@ windows) is race-free. A window's real cells are found by clipping it to the inp
 never materialised: for max pooling a padded cell never wins (padding with -inf), for average
 pooling it is left out of the count (PyTorch's ``count_include_pad=False``).
 
-Window geometry, shared by all four kernels: output cell ``(oh, ow)`` covers input rows
-``oh*sh - ph + di`` for ``di in [0, kh)`` and columns ``ow*sw - pw + dj`` for ``dj in [0, kw)``.
+Window geometry, shared by all four kernels and by every other pooling (the window template of
+:mod:`minignn.layers._window`): output cell ``(oh, ow)`` covers input rows ``oh*sh - ph + di``
+for ``di in [0, kh)`` and columns ``ow*sw - pw + dj`` for ``dj in [0, kw)``; ``real_offsets``
+clips a window to its real cells, ``valid_range`` gives the outputs whose offset is real.
 
 The max-pool forward stores the argmax as the offset ``di*kw + dj`` inside the window (int8 when
 ``kh*kw <= 127``), so the backward reads one byte per output instead of recomputing from ``x``.
@@ -19,29 +21,12 @@ scattering into it, while the plane is in cache; the 2x2 backward writes every `
 once (zeros included). Either way ``gx`` is streamed to memory once, with no separate memset pass.
 
 The plane bodies index the 4-D arrays directly (``x[n, c, h, w]``): taking a 2-D view per plane
-(``x[n, c]``) measured about twice as slow.
+(``x[n, c]``) is slower (timings: ``benchmarks/results/kernel-history.md``).
 """
 from __future__ import annotations
 
 from minignn._numba import njit, pjit, prange
-from minignn.layers._window import valid_range
-
-
-@njit(inline='always')
-def _clip(start, k, size):
-    """First and one-past-last window offset whose cell ``start + d`` lies in ``[0, size)``."""
-    d0 = 0
-    if start < 0:
-        d0 = -start
-    d1 = k
-    if start + k > size:
-        d1 = size - start
-    return d0, d1
-
-
-@njit(inline='always')
-def _is_2x2(kh, kw, sh, sw, ph, pw):
-    return kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+from minignn.layers._window import is_2x2, real_offsets, valid_range
 
 
 # ------------------------------------------------------------------------------------------ max
@@ -50,8 +35,9 @@ def _max_plane(x, n, c, kh, kw, sh, sw, ph, pw, y, arg):
     """Any geometry, offset by offset: for each window offset (di, dj), in row-major order, one
     pass over the outputs whose cell at that offset is real (a block of rows and columns, found
     by :func:`valid_range`), updating the running max and argmax with selects instead of
-    branches (window by window with branches, the 3x3 stride-2 pad-1 forward at (128, 64, 32, 32)
-    took 24.5 ms; this way 13.0 ms).
+    branches: on real data the comparison is unpredictable, and a branch-free pass over a row of
+    outputs is a loop the compiler can vectorise, which a window-by-window loop with a branch per
+    cell is not (timings: ``benchmarks/results/kernel-history.md``).
     ``arg < 0`` marks "no real cell seen yet": the first real cell always enters, later ones
     when larger (the first maximum stays) or NaN (it propagates)."""
     h_in, w_in = x.shape[2], x.shape[3]
@@ -105,7 +91,7 @@ def maxpool2d_fwd_cpu(x, kh, kw, sh, sw, ph, pw, y, arg):
     """y[n, c, oh, ow] = max of the window's real cells; arg = offset ``di*kw + dj`` of the first
     maximum in row-major window order (a NaN wins and propagates, as in PyTorch)."""
     n_ch = x.shape[1]
-    fast = _is_2x2(kh, kw, sh, sw, ph, pw)
+    fast = is_2x2(kh, kw, sh, sw, ph, pw)
     for plane in prange(x.shape[0] * n_ch):
         n = plane // n_ch
         c = plane - n * n_ch
@@ -154,7 +140,7 @@ def _max_bwd_plane_2x2(gy, arg, n, c, gx):
 def maxpool2d_bwd_cpu(gy, arg, kh, kw, sh, sw, ph, pw, gx):
     """gx = 0, then gx[argmax cell of window (oh, ow)] += gy[oh, ow] for every window."""
     n_ch = gx.shape[1]
-    fast = _is_2x2(kh, kw, sh, sw, ph, pw)
+    fast = is_2x2(kh, kw, sh, sw, ph, pw)
     for plane in prange(gx.shape[0] * n_ch):
         n = plane // n_ch
         c = plane - n * n_ch
@@ -170,10 +156,10 @@ def _avg_plane(x, n, c, kh, kw, sh, sw, ph, pw, y):
     h_in, w_in = x.shape[2], x.shape[3]
     for oh in range(y.shape[2]):
         h0 = oh * sh - ph
-        i0, i1 = _clip(h0, kh, h_in)
+        i0, i1 = real_offsets(h0, kh, h_in)
         for ow in range(y.shape[3]):
             w0 = ow * sw - pw
-            j0, j1 = _clip(w0, kw, w_in)
+            j0, j1 = real_offsets(w0, kw, w_in)
             s = 0.0  # float64 accumulator
             for di in range(i0, i1):
                 for dj in range(j0, j1):
@@ -200,7 +186,7 @@ def avgpool2d_fwd_cpu(x, kh, kw, sh, sw, ph, pw, y):
     """y[n, c, oh, ow] = mean of the window's real cells (padded cells excluded from the count).
     Sums accumulate in float64."""
     n_ch = x.shape[1]
-    fast = _is_2x2(kh, kw, sh, sw, ph, pw)
+    fast = is_2x2(kh, kw, sh, sw, ph, pw)
     for plane in prange(x.shape[0] * n_ch):
         n = plane // n_ch
         c = plane - n * n_ch
@@ -216,10 +202,10 @@ def _avg_bwd_plane(gy, n, c, kh, kw, sh, sw, ph, pw, gx):
     _zero_plane(gx, n, c)
     for oh in range(gy.shape[2]):
         h0 = oh * sh - ph
-        i0, i1 = _clip(h0, kh, h_in)
+        i0, i1 = real_offsets(h0, kh, h_in)
         for ow in range(gy.shape[3]):
             w0 = ow * sw - pw
-            j0, j1 = _clip(w0, kw, w_in)
+            j0, j1 = real_offsets(w0, kw, w_in)
             g = gy[n, c, oh, ow] / ((i1 - i0) * (j1 - j0))
             for di in range(i0, i1):
                 for dj in range(j0, j1):
@@ -246,7 +232,7 @@ def _avg_bwd_plane_2x2(gy, n, c, gx):
 def avgpool2d_bwd_cpu(gy, kh, kw, sh, sw, ph, pw, gx):
     """gx = 0, then every real cell of window (oh, ow) gets gy[oh, ow] / (its number of real cells)."""
     n_ch = gx.shape[1]
-    fast = _is_2x2(kh, kw, sh, sw, ph, pw)
+    fast = is_2x2(kh, kw, sh, sw, ph, pw)
     for plane in prange(gx.shape[0] * n_ch):
         n = plane // n_ch
         c = plane - n * n_ch

@@ -22,8 +22,8 @@ Augmentation (the usual CIFAR recipe, as in torchvision)
 2. horizontal flip with probability ``flip_p`` (0.5), applied after the crop;
 3. per-channel normalisation ``(x / 255 - mean[c]) / std[c]`` in float32.
 
-Two implementations of one batch (gather + crop + flip + normalise), chosen by array type with
-:func:`minignn.backend.pick`: on the CPU one fused, parallel Numba kernel
+Two implementations of one batch (gather + crop + flip + normalise), the kernels of the
+``augment`` op of :mod:`minignn.ops`, chosen by array type (:func:`make_batch`): on the CPU one fused, parallel Numba kernel
 (:func:`augment_normalize_cpu`, a single pass from the uint8 dataset to the float32 batch); for
 CuPy arrays the same steps in device-agnostic ``xp`` code (:func:`crop_flip`, :func:`normalize`),
 vectorised over the batch. Both give the same numbers (tested). ``NUMBA_DISABLE_JIT=1`` runs the
@@ -35,8 +35,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from minignn import cases, ops
 from minignn._numba import pjit, prange
-from minignn.backend import get_array_module, pick
+from minignn.backend import get_array_module
 from minignn.checks import check_positive_int, check_probability
 
 PERM_TAG = 0x5045524D  # "PERM": the per-epoch permutation stream
@@ -303,6 +304,43 @@ def make_batch_cpu(x, idx, dy, dx, flip, pad: int, mean, std):
 # --------------------------------------------------------------------------------------------
 # the loader
 # --------------------------------------------------------------------------------------------
+def make_batch(x, idx, dy, dx, flip, pad: int, mean, std):
+    """One float32 batch ``normalize(crop_flip(x[idx], dy, dx, flip, pad), mean, std)`` (no crop
+    and flip when ``dy`` is None) on x's device: :func:`make_batch_cpu` or :func:`make_batch_xp`."""
+    return ops.kernels("augment", x).forward(x, idx, dy, dx, flip, pad, mean, std)
+
+
+def _augment_ref(x, idx, dy, dx, flip, pad, mean, std):
+    """The recipe image by image: zero-pad, slice, maybe flip, then (x / 255 - mean) / std."""
+    out = np.empty((len(idx),) + x.shape[1:])
+    h, w = x.shape[2:]
+    for k, src in enumerate(idx):
+        img = x[src].astype(np.float64)
+        if dy is not None:
+            img = np.pad(img, ((0, 0), (pad, pad), (pad, pad)))[:, dy[k]:dy[k] + h, dx[k]:dx[k] + w]
+            img = img[:, :, ::-1] if flip[k] else img
+        out[k] = (img / 255.0 - np.asarray(mean)[:, None, None]) / np.asarray(std)[:, None, None]
+    return (out.astype(np.float32),), None
+
+
+def _sample_augment(draw, dtype):
+    n, c, h, w = draw.int(0, 6), draw.int(1, 3), draw.int(1, 7), draw.int(1, 7)
+    rng = draw.rng
+    x = rng.integers(1, 256, (n + 3, c, h, w), dtype=np.uint8)  # no zeros: the padding is visible
+    idx = rng.permutation(n + 3)[:n]
+    pad = draw.int(0, 9)
+    dy, dx, flip = augment_params(rng, n, pad) if draw.bool() else (None, None, None)
+    mean, std = rng.uniform(0.2, 0.8, c), rng.uniform(0.1, 0.4, c)
+    return ops.Case((x, idx, dy, dx, flip), dict(pad=pad, mean=mean, std=std))
+
+
+ops.register(ops.Op(
+    "augment", "a training batch: gather, zero-padded random crop, horizontal flip, normalise (uint8 -> float32)",
+    forward=lambda *inputs, **kw: ((make_batch(*inputs, **kw),), None), backward=None,
+    reference=(_augment_ref, None), cpu=ops.Kernels(make_batch_cpu), gpu=ops.Kernels(make_batch_xp),
+    sample=_sample_augment, tol=lambda dtype: dict(rtol=1e-6, atol=1e-5)))
+
+
 class BatchLoader:
     """Deterministic, resumable mini-batches of normalised (and optionally augmented) images.
 
@@ -392,8 +430,7 @@ class BatchLoader:
         if self.augment:
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, int(epoch), int(i), AUG_TAG]))
             dy, dx, flip = augment_params(rng, len(idx), self.pad, self.flip_p)
-        make = pick(self.x, cpu=make_batch_cpu, gpu=make_batch_xp, op="BatchLoader.batch")
-        return make(self.x, idx, dy, dx, flip, self.pad, self.mean, self.std), self.y[idx]
+        return make_batch(self.x, idx, dy, dx, flip, self.pad, self.mean, self.std), self.y[idx]
 
     def batches(self, epoch: int, start: int = 0):
         """Yield the batches of ``epoch`` from batch ``start`` on (the first ``start`` are skipped

@@ -12,6 +12,9 @@ GFGP (global feature guidance, Eq. 11-12) being the default.
 
 Backward: with ``(gx_pool, glam, grho)`` from the pooling's backward,
 ``gx = gx_pool + dt/dX^T (mapping.backward(glam, grho))`` for the guided forms.
+
+The layer lives beside its :class:`GFGPMapping` (``minignn.layers.gfgp``); the pooling it drives
+is the plain functional pair of ``minignn.layers.maxent``, which knows nothing of GFGP.
 """
 from __future__ import annotations
 
@@ -23,10 +26,10 @@ from minignn import backend
 from minignn.checks import check_array, check_grad_output, check_positive_int
 from minignn.module import Module, Parameter
 
-from .._window import check_pool_padding, out_size, pair
-from ..gfgp import (ACTIVATIONS, MLPS, PRIORS, STATS, GFGPMapping, _check_choice, global_stats_backward,
-                    global_stats_forward, local_stats_backward, local_stats_forward)
-from . import maxent_pool2d_backward, maxent_pool2d_forward
+from .._window import Window
+from ..maxent import maxent_pool2d_backward, maxent_pool2d_forward
+from . import (ACTIVATIONS, MLPS, PRIORS, STATS, GFGPMapping, _check_choice, global_stats_backward,
+               global_stats_forward, local_stats_backward, local_stats_forward)
 
 LAM_FORMS = ("const", "param", "gfgp", "local")
 
@@ -75,10 +78,8 @@ class MaxEntPool2d(Module):
         super().__init__()
         where = "MaxEntPool2d"
         c = check_positive_int(channels, "channels", where)
-        k = pair(kernel_size, "kernel_size", where)
-        s = k if stride is None else pair(stride, "stride", where)
-        p = pair(padding, "padding", where, minimum=0)
-        check_pool_padding(k, p, where)
+        win = Window.of(kernel_size, stride, padding, where)
+        k, s, p = win.kernel, win.stride, win.padding
         _check_choice(lam, "lam", LAM_FORMS, where)
         _check_choice(stat, "stat", STATS, where)
         _check_choice(mlp, "mlp", MLPS, where)
@@ -119,9 +120,7 @@ class MaxEntPool2d(Module):
         """x (N, C, H, W) -> y (N, C, Ho, Wo)."""
         where = "MaxEntPool2d.forward"
         check_array(x, "x", ndim=4, where=where, channels=self.channels, dtype=self._param_dtype())
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        out_size(x.shape[2], kh, sh, ph, "H", where)
-        out_size(x.shape[3], kw, sw, pw, "W", where)
+        Window(self.kernel_size, self.stride, self.padding).out_hw(*x.shape[2:], where)
         xp = backend.get_array_module(x)
 
         stats_saved = None
