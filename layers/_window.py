@@ -79,11 +79,6 @@ class Window:
         return cls(k, s, p)
 
     @property
-    def K(self) -> int:
-        """Cells per window, kh*kw."""
-        return self.kernel[0] * self.kernel[1]
-
-    @property
     def flat(self) -> tuple:
         """``(kh, kw, sh, sw, ph, pw)``, the kernels' argument order."""
         return self.kernel + self.stride + self.padding

@@ -1,9 +1,9 @@
 """Input generators shared by the ops' ``sample`` functions (see :mod:`minignn.ops`).
 
 A sampler gets a ``draw`` object with ``draw.int(lo, hi)`` (an int in [lo, hi]), ``draw.choice(seq)``,
-``draw.bool()`` and ``draw.rng`` (a ``numpy.random.Generator`` for the values). The contract
-tests back it with Hypothesis (so failures shrink to small sizes); :class:`RandomDraw` backs it
-with a NumPy generator alone, for scripts and benchmarks. The shapes drawn here include an empty
+``draw.bool()`` and ``draw.rng`` (a ``numpy.random.Generator`` for the values); the contract
+tests back it with Hypothesis (``tests/helpers.py``: HypothesisDraw), so failures shrink to
+small sizes. The shapes drawn here include an empty
 and a single-image batch, and now and then enough ``N*C`` planes to cross the CPU kernels'
 chunk boundaries (planes are split into parallel chunks of ``N*C // (4 * threads)``).
 """
@@ -12,20 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 
-class RandomDraw:
-    """A ``draw`` backed by one NumPy generator."""
-
-    def __init__(self, seed: int = 0):
-        self.rng = np.random.default_rng(seed)
-
-    def int(self, lo: int, hi: int) -> int:
-        return int(self.rng.integers(lo, hi + 1))
-
-    def choice(self, seq):
-        return seq[self.int(0, len(seq) - 1)]
-
-    def bool(self) -> bool:
-        return bool(self.int(0, 1))
+def any_shape(draw, max_rank: int = 5, max_size: int = 5) -> tuple:
+    """Any rank from 1 to ``max_rank``, sizes up to ``max_size``; the first axis may be empty."""
+    return tuple(draw.int(0 if i == 0 else 1, max_size) for i in range(draw.int(1, max_rank)))
 
 
 def batch(draw, min_n: int = 0, max_n: int = 3) -> int:

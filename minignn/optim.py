@@ -115,7 +115,7 @@ def _forward_ref(w, g, buf, lr, momentum, nesterov, weight_decay):
 
 
 def _sample(draw, dtype):
-    shape = tuple(draw.int(0 if i == 0 else 1, 5) for i in range(draw.int(1, 3)))
+    shape = cases.any_shape(draw, max_rank=3)
     momentum = draw.choice([0.0, 0.9])
     buf = cases.values(draw, shape, dtype) if momentum and draw.bool() else None
     return ops.Case((cases.values(draw, shape, dtype), cases.values(draw, shape, dtype), buf),

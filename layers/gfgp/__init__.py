@@ -31,7 +31,7 @@ from minignn.checks import check_array, check_grad_output, check_positive_int
 from minignn.init import get_rng, uniform_fan_in
 from minignn.module import Module, Parameter
 
-from .._window import pair
+from .._window import Window, pair
 from . import cpu as _cpu
 from . import reference as _ref
 
@@ -222,8 +222,8 @@ def _local_forward(x, stat, **win):
 
 
 def _local_forward_ref(x, stat, kernel_size, stride, padding):
-    win = dict(kernel_size=pair(kernel_size, "kernel_size"), stride=pair(stride, "stride"),
-               padding=pair(padding, "padding", minimum=0))
+    w = Window.of(kernel_size, stride, padding)
+    win = dict(kernel_size=w.kernel, stride=w.stride, padding=w.padding)
     return (_ref.local_stats_reference(x, stat, **win),), (x, stat, win)
 
 

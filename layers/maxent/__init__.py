@@ -246,7 +246,7 @@ def _sample(draw, dtype):
     h, w = cases.spatial(draw, k, p)
     if (k, s, p) == ((2, 2), (2, 2), (0, 0)) and draw.bool():
         w = draw.int(32, 35)
-    ho, wo = (h + 2 * p[0] - k[0]) // s[0] + 1, (w + 2 * p[1] - k[1]) // s[1] + 1
+    ho, wo = Window(k, s, p).out_hw(h, w)
     rng = draw.rng
     form = draw.choice(LAM_FORMS)
     size = {"scalar": (), "C": (c,), "NC": (n, c), "NCHW": (n, c, ho, wo)}[form]

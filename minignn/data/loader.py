@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from minignn import cases, ops
+from minignn import ops
 from minignn._numba import pjit, prange
 from minignn.backend import get_array_module
 from minignn.checks import check_positive_int, check_probability
