@@ -17,12 +17,13 @@ kernels: plain integer arithmetic, no allocation, no branches but the clamps). F
   (lam of shape (Nl, Cl, Hl, Wl), rho of shape (Nr, Cr, K), each leading dimension 1 or full):
   the (n, c) entry a plane reads, and whether it steps per output row and column;
 * :func:`gather_plane`: a plane's windows as (K, P) scratch, K = kh*kw offsets (row-major) by
-  P = Ho*Wo windows: ``x0[p]`` the window's first real cell, ``xs[q, p] = X_q - x0[p]`` (exact for
-  close values), and ``lz[q, p]`` 0 at real cells and -inf at padded ones: a log-weight mask, so
-  a pooling that forms its weights as ``exp(logit)`` adds its logits to ``lz`` and padded cells
-  drop out by themselves. Max-entropy pooling's logit ``lam (X_q - x0) + rho_q`` is one such
-  instance (``layers/maxent/cpu.py``); a per-cell logit map (LIP) or sampled weights (stochastic
-  pooling) are others, on the same scratch and the same plane loop.
+  P = Ho*Wo windows: ``x0[p]`` the window's first real cell, ``xs[q, p] = X_q`` (0 at padded
+  cells), and ``lz[q, p]`` 0 at real cells and -inf at padded ones: a log-weight mask, so a
+  pooling that forms its weights as ``exp(logit)`` adds its logits to ``lz`` and padded cells
+  drop out by themselves. Max-entropy pooling's logit ``lam X_q + rho_q`` is one such instance
+  (``layers/maxent/cpu.py``, which then shifts each window by its largest-logit cell); a per-cell
+  logit map (LIP) or sampled weights (stochastic pooling) are others, on the same scratch and the
+  same plane loop.
 """
 from __future__ import annotations
 
@@ -145,8 +146,8 @@ def param_steps(a4):
 @njit
 def gather_plane(x, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, x0, xs, lz):
     """Plane (n, c)'s windows as (K, P) scratch (see the module docstring): x0 (P,) the first real
-    cell of each window, xs (K, P) ``X_q - x0`` (0 at padded cells), lz (K, P) 0 at real cells and
-    -inf at padded ones."""
+    cell of each window, xs (K, P) the values ``X_q`` (0 at padded cells), lz (K, P) 0 at real
+    cells and -inf at padded ones."""
     H = x.shape[2]
     W = x.shape[3]
     for ho in range(Ho):
@@ -170,7 +171,7 @@ def gather_plane(x, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, x0, xs, lz):
                 xs[q, base + wo] = 0
                 lz[q, base + wo] = -np.inf
             for wo in range(lo_r, hi_r):
-                xs[q, base + wo] = x[n, c, r, wo * sw + j - pw] - x0[base + wo]
+                xs[q, base + wo] = x[n, c, r, wo * sw + j - pw]
                 lz[q, base + wo] = 0
             for wo in range(hi_r, Wo):
                 xs[q, base + wo] = 0

@@ -183,7 +183,7 @@ class Flatten(Module):
         if x.ndim < 2:
             raise ValueError(f"Flatten.forward: x: expected at least 2 dimensions (N, ...), got shape {tuple(x.shape)}")
         self._saved = (tuple(x.shape), x.dtype)
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], int(np.prod(x.shape[1:])))  # not -1: that fails for an empty batch
 
     def backward(self, gy):
         shape, dtype = self._saved_or_raise(self._saved)

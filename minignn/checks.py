@@ -2,6 +2,9 @@
 what was given."""
 from __future__ import annotations
 
+import math
+import numbers
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -60,3 +63,32 @@ def check_probability(p, name: str, where: str = "", upper_open: bool = True) ->
         rng = "[0, 1)" if upper_open else "[0, 1]"
         raise ValueError(f"{pre}{name}: expected a number in {rng}, got {p!r}")
     return float(p)
+
+
+def check_real(value, name: str, where: str = "", *, low=None, high=None, low_open: bool = False,
+               high_open: bool = False) -> float:
+    """``value`` as a Python float, checked to be a finite real number in the given range.
+
+    Accepts Python ints and floats, NumPy integer and floating scalars and 0-d arrays of them;
+    rejects bools, non-numbers, inf and NaN. The error names ``where``, ``name``, the expected
+    range and the value given, e.g. ``SGD: lr: expected a finite real number > 0, got inf``.
+    """
+    if low is not None and high is not None:
+        rng = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        rng = f" {'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        rng = f" {'<' if high_open else '<='} {high:g}"
+    else:
+        rng = ""
+    prefix = f"{where}: {name}" if where else name
+    v = value
+    if isinstance(v, np.ndarray) and v.ndim == 0 and v.dtype.kind in "iuf":
+        v = v[()]
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{prefix}: expected a finite real number{rng}, got {value!r} (a {type(value).__name__})")
+    f = float(v)
+    if not (math.isfinite(f) and (low is None or (f > low if low_open else f >= low))
+            and (high is None or (f < high if high_open else f <= high))):
+        raise ValueError(f"{prefix}: expected a finite real number{rng}, got {value!r}")
+    return f

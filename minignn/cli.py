@@ -5,25 +5,37 @@
     minignn train --pool gfgp --pool-opt stat=max --pool-opt hidden=0.25
     minignn train --dataset synthetic --limit-train 512 --epochs 2     # a quick offline demo
     minignn train --resume runs/tiny-max/checkpoint.npz                 # continue exactly
+    minignn train --out runs/tiny-max --overwrite                       # replace that run
+    minignn train --data-dir DIR --allow-partial-data                   # a CIFAR copy with fewer images
     minignn eval runs/tiny-max/best.npz
     minignn pools                       # every --pool name, its --pool-opt options and defaults
     minignn bench --help
 
 ``--pool`` and ``--pool-opt`` come from the registry :data:`minignn.layers.POOLINGS`: the names
 of ``--pool-opt KEY=VALUE`` are checked against the chosen pooling's options before anything is
-built (the value is read as a Python literal when it is one, and checked by the layer).
+built (the value is read as a Python literal when it is one, and checked by the layer). Every
+number on the command line must be finite: ``--lr inf`` or ``--weight-decay nan`` is an argparse
+error naming the flag.
 
-Errors a user can fix (no data, a bad option, a corrupted checkpoint, no GPU) print
-``minignn COMMAND: error: ...`` and exit with status 2; set ``MINIGNN_DEBUG=1`` for the traceback.
-A mistake in the command line itself (an unknown ``--pool-opt`` name) is that one line alone.
-Ctrl-C during training saves a checkpoint and exits with status 130.
+The run folder (``--out``) is locked while a run trains: a second run on it is refused, naming
+the folder and the owner's process id. A fresh run refuses a folder that already holds a run;
+``--resume`` continues that run, ``--overwrite`` replaces it.
+
+Exit status: 0 done; 2 for errors a user can fix (no data, a bad option, a corrupted checkpoint,
+no GPU, a busy or already used run folder, a training run that diverged to an inf/NaN loss),
+which print ``minignn COMMAND: error: ...`` (set ``MINIGNN_DEBUG=1`` for the traceback); a
+mistake in the command line itself (an unknown ``--pool-opt`` name), a run folder it may not use
+and a diverged run are that one line alone (a diverged run keeps its last good checkpoint).
+Ctrl-C during training saves a checkpoint and exits with status 130, SIGTERM (``kill``,
+``timeout``, job schedulers) likewise with 143.
 """
 from __future__ import annotations
 
 import argparse
 import ast
-import json
+import math
 import os
+import signal
 import sys
 
 from .layers.registry import POOLINGS, format_options, validate_options
@@ -39,29 +51,55 @@ class UsageError(ValueError):
 
 
 def _kv(text: str):
-    """``key=value`` with the value read as a Python literal when it is one (``0.5``, ``True``)."""
+    """``key=value`` with the value read as a Python literal when it is one (``0.5``, ``True``);
+    a non-finite number (``1e999``) is refused."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    k, v = text.split("=", 1)
+    k, raw = text.split("=", 1)
     try:
-        v = ast.literal_eval(v)
-    except (ValueError, SyntaxError):
-        pass
+        v = ast.literal_eval(raw)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        v = raw
+    if isinstance(v, (float, complex)) and not math.isfinite(abs(v)):
+        raise argparse.ArgumentTypeError(f"{k.strip()}: expected a finite number, got {raw!r}")
     return k.strip(), v
 
 
-def _nonneg_float(text):
-    v = float(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
-    return v
+def _number(expected: str, ok):
+    """An argparse type: a finite float for which ``ok(v)`` holds (argparse's message then names
+    the flag: ``argument --lr: expected a finite number > 0, got 'inf'``)."""
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not (math.isfinite(v) and ok(v)):
+            raise argparse.ArgumentTypeError(f"expected a finite number {expected}, got {text!r}")
+        return v
+    parse.__name__ = f"number {expected}"
+    return parse
 
 
-def _pos_int(text):
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return v
+_pos_float = _number("> 0", lambda v: v > 0)
+_nonneg_float = _number(">= 0", lambda v: v >= 0)
+_fraction = _number("in [0, 1)", lambda v: 0 <= v < 1)
+
+
+def _int_at_least(minimum: int):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return v
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+_pos_int = _int_at_least(1)
+_nonneg_int = _int_at_least(0)
 
 
 def _pool_options_help() -> str:
@@ -87,8 +125,9 @@ def _train_parser(sub):
     p = sub.add_parser(
         "train", help="train a model (default: the tiny net with GFGP pooling on CIFAR-10)",
         description="Train a CNN from scratch. Results (metrics.jsonl, checkpoint.npz, best.npz, curves.png,"
-                    " lam.png, summary.json) go to the run folder. Ctrl-C saves a checkpoint; --resume continues"
-                    " exactly where it stopped.")
+                    " lam.png, summary.json) go to the run folder. Ctrl-C or SIGTERM saves a checkpoint (exit"
+                    " status 130 or 143); --resume continues exactly where it stopped. A loss that becomes inf or"
+                    " NaN stops the run (exit status 2), keeping the last good checkpoint.")
     # every option defaults to None here so that --resume can tell which ones were given;
     # the shown defaults are TrainConfig's
     g = p.add_argument_group("model")
@@ -98,7 +137,7 @@ def _train_parser(sub):
     g.add_argument("--pool-opt", type=_kv, action="append", default=None, metavar="KEY=VALUE",
                    help=f"an option of the chosen pool, repeatable: {_pool_options_help()}; e.g. stat=max,"
                         f" hidden=0.25, activation=softplus ('minignn pools' lists the defaults)")
-    g.add_argument("--width", type=float, default=None, help=f"channel-width multiplier, for quick tests (default {d.width})")
+    g.add_argument("--width", type=_pos_float, default=None, help=f"channel-width multiplier, for quick tests (default {d.width})")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default=None, help=f"(default {d.dataset}; 'synthetic' is generated,"
                    " no download)")
@@ -108,23 +147,29 @@ def _train_parser(sub):
     g.add_argument("--limit-train", type=_pos_int, default=None, metavar="N", help="use a fixed random subset of N training images")
     g.add_argument("--limit-test", type=_pos_int, default=None, metavar="N", help="use a fixed random subset of N test images")
     g.add_argument("--no-augment", action="store_true", default=None, help="no random crop / flip")
+    g.add_argument("--allow-partial-data", action="store_true", default=None,
+                   help="accept a CIFAR copy with fewer than the canonical 50000/10000 images (the loader's"
+                        " check_counts=False)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=_pos_int, default=None, help=f"(default {d.epochs})")
     g.add_argument("--batch-size", type=_pos_int, default=None, help=f"(default {d.batch_size})")
-    g.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default {d.lr})")
+    g.add_argument("--lr", type=_pos_float, default=None, help=f"peak learning rate (default {d.lr})")
     g.add_argument("--schedule", choices=SCHEDULES, default=None, help=f"(default {d.schedule})")
-    g.add_argument("--momentum", type=_nonneg_float, default=None, help=f"(default {d.momentum})")
+    g.add_argument("--momentum", type=_fraction, default=None, help=f"in [0, 1) (default {d.momentum})")
     g.add_argument("--no-nesterov", action="store_true", default=None, help="plain momentum instead of Nesterov")
     g.add_argument("--weight-decay", type=_nonneg_float, default=None, help=f"(default {d.weight_decay})")
-    g.add_argument("--label-smoothing", type=_nonneg_float, default=None, help=f"(default {d.label_smoothing})")
-    g.add_argument("--seed", type=int, default=None, help=f"(default {d.seed})")
+    g.add_argument("--label-smoothing", type=_fraction, default=None, help=f"in [0, 1) (default {d.label_smoothing})")
+    g.add_argument("--seed", type=_nonneg_int, default=None, help=f"(default {d.seed})")
     g = p.add_argument_group("run")
     g.add_argument("--device", choices=("cpu", "gpu"), default=None, help=f"(default {d.device})")
-    g.add_argument("--out", default=None, help="run folder (default runs/<model>-<pool>-<dataset>-<timestamp>)")
+    g.add_argument("--out", default=None, help="run folder (default runs/<model>-<pool>-<dataset>-<timestamp>); one"
+                   " that holds a run is refused without --overwrite")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that already holds a run, deleting that run's files")
     g.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="continue the run saved in CHECKPOINT (a checkpoint.npz or its run folder) with its saved"
                         " settings")
-    g.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+    g.add_argument("--checkpoint-every", type=_nonneg_int, default=None, metavar="STEPS",
                    help=f"also checkpoint every STEPS steps within an epoch, 0 = only at epoch ends"
                         f" (default {d.checkpoint_every})")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -142,7 +187,13 @@ _CONFIG_ARGS = {  # argparse dest -> (TrainConfig field, converter)
     "no_nesterov": ("nesterov", lambda v: not v), "weight_decay": ("weight_decay", None),
     "label_smoothing": ("label_smoothing", None), "seed": ("seed", None), "device": ("device", None),
     "checkpoint_every": ("checkpoint_every", None), "pool_opt": ("pool_kw", dict),
+    "allow_partial_data": ("allow_partial_data", None),
 }
+
+
+def _interrupt_status(e: BaseException) -> int:
+    """128 + the signal that stopped the run: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
+    return 128 + int(getattr(e, "signum", signal.SIGINT))
 
 
 def cmd_train(args) -> int:
@@ -150,12 +201,13 @@ def cmd_train(args) -> int:
     progress = not args.no_progress
     given = {dest: getattr(args, dest) for dest in _CONFIG_ARGS if getattr(args, dest) is not None}
     if args.resume:
-        ignored = sorted(f"--{k.replace('_', '-')}" for k in given if k != "device")
+        ignored = sorted(f"--{k.replace('_', '-')}" for k in given if k not in ("device", "allow_partial_data"))
         if ignored:
             print(f"minignn train --resume: using the checkpoint's saved settings; ignoring {', '.join(ignored)}",
                   file=sys.stderr)
-        trainer = Trainer.from_checkpoint(args.resume, device=args.device, out=args.out, progress=progress,
-                                          plots=not args.no_plots)
+        trainer = Trainer.from_checkpoint(args.resume, device=args.device, out=args.out,
+                                          allow_partial_data=args.allow_partial_data, progress=progress,
+                                          plots=not args.no_plots, overwrite=args.overwrite)
     else:
         kw = {}
         for dest, v in given.items():
@@ -166,11 +218,11 @@ def cmd_train(args) -> int:
         if kw.get("momentum") == 0 and "nesterov" not in kw:
             kw["nesterov"] = False  # Nesterov needs momentum; --momentum 0 means plain SGD
         config = TrainConfig(**kw)
-        trainer = Trainer(config, out=args.out, progress=progress, plots=not args.no_plots)
+        trainer = Trainer(config, out=args.out, progress=progress, plots=not args.no_plots, overwrite=args.overwrite)
     try:
         trainer.run()
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # the checkpoint is saved (train.Interrupted carries the signal)
+        return _interrupt_status(e)
     return 0
 
 
@@ -186,7 +238,11 @@ def _eval_parser(sub):
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="(default cpu)")
     p.add_argument("--batch-size", type=_pos_int, default=256, help="(default 256)")
     p.add_argument("--limit-test", type=_pos_int, default=None, metavar="N", help="a fixed random subset of N test images")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--allow-partial-data", action="store_true",
+                   help="accept a CIFAR copy with fewer than the canonical 50000/10000 images (default: as the run"
+                        " was trained)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object (standard JSON: inf and"
+                   " NaN are null)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_eval)
     return p
@@ -194,7 +250,7 @@ def _eval_parser(sub):
 
 def cmd_eval(args) -> int:
     from . import backend
-    from .checkpoint import load_checkpoint
+    from .checkpoint import CheckpointError, dumps_json, load_checkpoint
     from .data import BatchLoader, load_dataset
     from .train import TrainConfig, evaluate, model_from_config
     path = args.checkpoint
@@ -208,6 +264,7 @@ def cmd_eval(args) -> int:
     backend.check_device(args.device)
     name = args.dataset or config.dataset
     ds = load_dataset(name, data_dir=args.data_dir or config.data_dir, download=config.download,
+                      check_counts=not (args.allow_partial_data or config.allow_partial_data),
                       progress=not args.no_progress)
     if name == config.dataset and config.limit_test is not None and args.limit_test is None:
         args.limit_test = config.limit_test
@@ -216,7 +273,10 @@ def cmd_eval(args) -> int:
     if ds.num_classes != state.get("num_classes", ds.num_classes):
         raise ValueError(f"eval: the model predicts {state['num_classes']} classes but {name} has {ds.num_classes}")
     model = model_from_config(config, ds.num_classes)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except KeyError as e:          # missing/unexpected tensors: not the model its config describes
+        raise CheckpointError(f"eval: {path!r}: {e.args[0] if e.args else e}") from e
     if args.device != "cpu":
         model.to(args.device)
     loader = BatchLoader(ds.x_test, ds.y_test, args.batch_size, train=False, augment=False, mean=ds.mean,
@@ -228,7 +288,7 @@ def cmd_eval(args) -> int:
     if r["lam_stats"]:
         result["lam"] = r["lam_stats"]
     if args.json:
-        print(json.dumps(result))
+        print(dumps_json(result))
     else:
         print(f"{path}: {config.model} (pool={config.pool}) on {name} test ({r['n']} images):"
               f" loss {r['loss']:.4f}, accuracy {100 * r['acc']:.2f}%  [{r['time']:.1f} s,"
@@ -248,9 +308,10 @@ def _pools_parser(sub):
 
 
 def cmd_pools(args) -> int:
+    from .checkpoint import dumps_json
     rows = [(name, spec.description, format_options(name)) for name, spec in POOLINGS.items()]
     if args.json:
-        print(json.dumps({name: {"options": dict(spec.options), "description": spec.description,
+        print(dumps_json({name: {"options": dict(spec.options), "description": spec.description,
                                  "diagnostics": list(spec.diagnostics)} for name, spec in POOLINGS.items()}))
         return 0
     header = ("pool", "description", "options (--pool-opt KEY=VALUE) with their defaults")
@@ -307,12 +368,14 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     from .checkpoint import CheckpointError
+    from .runlock import RunFolderError
+    from .train import TrainingDiverged
     try:
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("\nminignn: interrupted", file=sys.stderr)
-        return 130
-    except UsageError as e:
+        return _interrupt_status(e)
+    except (UsageError, RunFolderError, TrainingDiverged) as e:
         if os.environ.get("MINIGNN_DEBUG"):
             raise
         print(f"minignn {args.command}: error: {e}", file=sys.stderr)

@@ -40,6 +40,38 @@ class Parameter:
         return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype}, device={backend.device_of(self.data)})"
 
 
+def _checked_value(name: str, value, target) -> np.ndarray:
+    """``value`` as a host array of ``target``'s dtype, or a ValueError naming ``name`` (see
+    :meth:`Module.load_state_dict` for the rules)."""
+    where = f"load_state_dict: {name}"
+    want = np.dtype(target.dtype)
+    try:
+        arr = backend.to_numpy(value)
+    except Exception as e:  # ragged lists and the like
+        raise ValueError(f"{where}: expected a numeric array of shape {tuple(target.shape)}, got a"
+                         f" {type(value).__name__} that is not an array ({type(e).__name__}: {e})") from e
+    if want.kind == "f":
+        ok, allowed = arr.dtype.kind in "iuf", "an integer or float"
+    elif want.kind in "iu":
+        ok, allowed = arr.dtype.kind in "iu", "an integer"
+    else:
+        ok, allowed = arr.dtype == want, f"a {want}"
+    if not ok:  # bool, complex, strings, objects (None, mixed lists) ...
+        raise ValueError(f"{where}: expected {allowed} array (to load as {want}), got dtype {arr.dtype}"
+                         f" ({type(value).__name__})")
+    if tuple(arr.shape) != tuple(target.shape):
+        raise ValueError(f"{where}: expected shape {tuple(target.shape)}, got {tuple(arr.shape)}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(want, copy=False)
+    if want.kind == "f" and not np.isfinite(out).all():
+        n_nan, n_inf = int(np.isnan(out).sum()), int(np.isinf(out).sum())
+        overflow = (f" after casting from {arr.dtype} (values beyond {want}'s range)" if np.isfinite(arr).all()
+                    else "")
+        raise ValueError(f"{where}: expected finite values, got non-finite values{overflow}: {n_nan} NaN and"
+                         f" {n_inf} inf of {out.size} (a diverged or corrupted state?)")
+    return out
+
+
 class Module:
     """Base class of every layer and model."""
 
@@ -137,32 +169,41 @@ class Module:
         return out
 
     def load_state_dict(self, state, strict: bool = True):
-        """Copy arrays into parameters and buffers in place (keeping each one's device and dtype)."""
-        own = dict(self.named_parameters())
-        bufs = {}
+        """Copy arrays into parameters and buffers in place (keeping each one's device and dtype).
+
+        Every entry is checked before anything is written, so a state that fails leaves the module
+        as it was. With ``strict`` the keys must be exactly the module's (a KeyError lists the
+        missing and the unexpected ones); without it, unexpected keys are ignored and missing ones
+        left as they are. Each value must be a numeric array of its target's shape whose dtype casts
+        safely in kind to the target's (integers or floats into a float target, integers into an
+        integer one; not bool, complex, strings or objects), and a float target's values must be
+        finite after the cast (no NaN or inf, including float64 values that overflow float32).
+        A bad value raises ValueError naming the key, what was expected and what was given.
+        """
+        if not hasattr(state, "items"):
+            raise TypeError(f"load_state_dict: state: expected a mapping of names to arrays, got"
+                            f" {type(state).__name__}")
+        targets = {name: (p, None) for name, p in self.named_parameters()}
         for mod_name, m in self.named_modules():
             for bname in m._buffers:
-                bufs[f"{mod_name}.{bname}" if mod_name else bname] = (m, bname)
-        expected = set(own) | set(bufs)
-        missing, unexpected = expected - set(state), set(state) - expected
+                targets[f"{mod_name}.{bname}" if mod_name else bname] = (m, bname)
+        missing, unexpected = set(targets) - set(state), set(state) - set(targets)
         if strict and (missing or unexpected):
             raise KeyError(f"load_state_dict: missing keys {sorted(missing)}, unexpected keys {sorted(unexpected)}")
+        staged = []
         for name, value in state.items():
-            if name in own:
-                target = own[name].data
-            elif name in bufs:
-                m, bname = bufs[name]
-                target = getattr(m, bname)
-            else:
+            if name not in targets:
                 continue
-            if tuple(np.shape(value)) != tuple(target.shape):
-                raise ValueError(f"load_state_dict: {name}: expected shape {tuple(target.shape)}, got {tuple(np.shape(value))}")
-            xp = backend.get_array_module(target)
-            target[...] = xp.asarray(value, dtype=target.dtype)
+            owner, bname = targets[name]
+            target = owner.data if bname is None else getattr(owner, bname)
+            staged.append((target, _checked_value(name, value, target)))
+        for target, value in staged:  # nothing is written until every entry has passed
+            target[...] = backend.get_array_module(target).asarray(value)
         return self
 
     def to(self, device: str | None = None, dtype=None):
-        """Move (and/or cast) every parameter and buffer in place; gradients follow. Returns self."""
+        """Move (and/or cast) every parameter and buffer in place; each gradient is moved and cast
+        with its parameter, keeping its values. Returns self."""
         if device is not None:
             backend.check_device(device)
         if dtype is not None and np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -178,7 +219,7 @@ class Module:
         for m in self.modules():
             for p in m._params.values():
                 p.data = conv(p.data)
-                p.grad = backend.get_array_module(p.data).zeros_like(p.data)
+                p.grad = conv(p.grad)
             for bname in list(m._buffers):
                 setattr(m, bname, conv(getattr(m, bname)))
             m._moved(device, dtype)

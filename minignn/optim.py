@@ -5,13 +5,17 @@
     d = g + momentum * b  if nesterov else  b
     w = w - lr * d
 
-The update runs in place on each parameter, on whatever device it lives.
+The update runs in place on each parameter, on whatever device it lives. Every setting is a
+finite real number (Python or NumPy, integer or floating; a bool is not one): an inf or NaN
+learning rate, momentum or weight decay is refused up front rather than turning the weights into
+inf/NaN on the first step.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import backend, cases, ops
+from .checks import check_real
 from .module import Parameter
 
 
@@ -38,10 +42,13 @@ class SGD:
     Parameters
     ----------
     params : iterable of Parameter
-    lr : float > 0
-    momentum : float in [0, 1)
+    lr : real number > 0
+    momentum : real number in [0, 1)
     nesterov : bool (needs momentum > 0)
-    weight_decay : float >= 0
+    weight_decay : real number >= 0
+
+    Every number must be finite; Python and NumPy scalars (and 0-d arrays) are accepted and
+    stored as Python floats.
     """
 
     def __init__(self, params, lr: float = 0.1, momentum: float = 0.0, nesterov: bool = False,
@@ -52,18 +59,8 @@ class SGD:
                 raise TypeError(f"SGD: params[{i}]: expected a Parameter, got {type(p).__name__}")
         if not self.params:
             raise ValueError("SGD: params: expected at least one Parameter, got none")
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise ValueError(f"SGD: lr: expected a number > 0, got {lr!r}")
-        if not (0.0 <= momentum < 1.0):
-            raise ValueError(f"SGD: momentum: expected a number in [0, 1), got {momentum!r}")
-        if nesterov and momentum <= 0:
-            raise ValueError(f"SGD: nesterov=True needs momentum > 0, got momentum={momentum!r}")
-        if weight_decay < 0:
-            raise ValueError(f"SGD: weight_decay: expected a number >= 0, got {weight_decay!r}")
-        self.lr = float(lr)
-        self.momentum = float(momentum)
-        self.nesterov = bool(nesterov)
-        self.weight_decay = float(weight_decay)
+        self.lr, self.momentum, self.nesterov, self.weight_decay = _check_hyper(lr, momentum, nesterov,
+                                                                                weight_decay, "SGD")
         self.buffers = [None] * len(self.params)
         self.step_count = 0
 
@@ -84,18 +81,41 @@ class SGD:
             "buffers": [None if b is None else backend.to_numpy(b).copy() for b in self.buffers],
         }
 
+    _STATE_KEYS = ("lr", "momentum", "nesterov", "weight_decay", "step_count", "buffers")
+
     def load_state_dict(self, state: dict):
+        """Restore what :meth:`state_dict` returned (the settings are checked as in ``__init__``)."""
+        where = "SGD.load_state_dict"
+        if not isinstance(state, dict):
+            raise TypeError(f"{where}: state: expected a dict, got {type(state).__name__}")
+        for k in self._STATE_KEYS:
+            if k not in state:
+                raise ValueError(f"{where}: missing entry {k!r} (a state_dict() of SGD holds"
+                                 f" {', '.join(self._STATE_KEYS)})")
         bufs = state["buffers"]
         if len(bufs) != len(self.params):
-            raise ValueError(f"SGD.load_state_dict: buffers: expected {len(self.params)} entries, got {len(bufs)}")
+            raise ValueError(f"{where}: buffers: expected {len(self.params)} entries, got {len(bufs)}")
         for i, (p, b) in enumerate(zip(self.params, bufs)):
             if b is not None and tuple(np.shape(b)) != tuple(p.shape):
-                raise ValueError(f"SGD.load_state_dict: buffers[{i}]: expected shape {tuple(p.shape)}, got {tuple(np.shape(b))}")
-        for k in ("lr", "momentum", "nesterov", "weight_decay", "step_count"):
-            setattr(self, k, state[k])
+                raise ValueError(f"{where}: buffers[{i}]: expected shape {tuple(p.shape)}, got {tuple(np.shape(b))}")
+        hyper = _check_hyper(state["lr"], state["momentum"], state["nesterov"], state["weight_decay"], where)
+        step_count = state["step_count"]
+        if isinstance(step_count, bool) or not isinstance(step_count, (int, np.integer)) or step_count < 0:
+            raise ValueError(f"{where}: step_count: expected an integer >= 0, got {step_count!r}")
+        self.lr, self.momentum, self.nesterov, self.weight_decay = hyper
+        self.step_count = int(step_count)
         self.buffers = [None if b is None else backend.get_array_module(p.data).asarray(b, dtype=p.data.dtype)
                         for p, b in zip(self.params, bufs)]
         return self
+
+
+def _check_hyper(lr, momentum, nesterov, weight_decay, where):
+    lr = check_real(lr, "lr", where, low=0, low_open=True)
+    momentum = check_real(momentum, "momentum", where, low=0, high=1, high_open=True)
+    if nesterov and momentum <= 0:
+        raise ValueError(f"{where}: nesterov=True needs momentum > 0, got momentum={momentum!r}")
+    weight_decay = check_real(weight_decay, "weight_decay", where, low=0)
+    return lr, momentum, bool(nesterov), weight_decay
 
 
 # ---------------------------------------------------------------------------------- the op table

@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from .checks import check_real
+
 SCHEDULES = ("onecycle", "cosine", "step", "constant")
 
 
@@ -109,10 +111,9 @@ class Schedule:
     def __init__(self, name: str, base_lr: float, total_steps: int, **options):
         if name not in SCHEDULES:
             raise ValueError(f"schedule: expected one of {SCHEDULES}, got {name!r}")
-        if not (isinstance(base_lr, (int, float)) and base_lr > 0):
-            raise ValueError(f"schedule: base_lr: expected a number > 0, got {base_lr!r}")
+        base_lr = check_real(base_lr, "base_lr", "schedule", low=0, low_open=True)
         _check_step(0, total_steps, f"schedule {name!r}")
-        self.name, self.base_lr, self.total_steps, self.options = name, float(base_lr), int(total_steps), dict(options)
+        self.name, self.base_lr, self.total_steps, self.options = name, base_lr, int(total_steps), dict(options)
         self.lr_at(0)  # validate the options now, not at the first step
 
     def lr_at(self, step: int) -> float:

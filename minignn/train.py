@@ -16,11 +16,32 @@ What a run writes, in its folder (``runs/<model>-<pool>-<dataset>-<timestamp>`` 
 * ``checkpoint.npz``: the latest position (see :mod:`minignn.checkpoint`): parameters and
   buffers, optimizer state (momentum buffers), schedule settings and global step, epoch and step
   within the epoch, the library's RNG state, the metrics history and the config; written at the
-  end of every epoch, every ``checkpoint_every`` steps, and on Ctrl-C;
+  end of every epoch, every ``checkpoint_every`` steps, and on Ctrl-C or SIGTERM;
 * ``best.npz``: the parameters and buffers of the epoch with the best test accuracy;
 * ``curves.png`` (loss and accuracy), and for max-entropy pooling ``lam.png`` (the distribution
   of lam per pooling layer over the test set) and ``lam.npz`` (the sampled values);
 * ``summary.json``: best and final accuracy, time per epoch.
+
+Every file is written atomically (a temporary file renamed over the old one, see
+:func:`minignn.checkpoint.atomic_write`; ``metrics.jsonl`` is rewritten whole from the history
+each epoch), so an interrupted write or a full disk never destroys what was there; the JSON files
+are standard JSON (an inf or NaN value is written as ``null``).
+
+The run folder
+--------------
+While :meth:`Trainer.run` runs, it owns its folder through a lock (:mod:`minignn.runlock`,
+the file ``.minignn.lock`` holding the process id): a second run on the same folder refuses to
+start, naming the folder and the owner's pid; a lock left by a killed process is taken over. A
+fresh run refuses a folder that already holds a run (``checkpoint.npz``, ``metrics.jsonl``...)
+unless ``overwrite=True`` (``--overwrite``), which deletes the old run's files first; a resumed
+run owns its checkpoint's folder. On taking the folder, a run deletes the temporary files a
+killed writer left there (``.tmp-*.part``).
+
+Divergence
+----------
+A training step whose loss is inf or NaN stops the run with :class:`TrainingDiverged` (naming
+the epoch, the step, the loss and the learning rate to lower); so does a checkpoint about to save
+non-finite weights. Nothing is written after the last good checkpoint, which is kept.
 
 Exact resume
 ------------
@@ -31,17 +52,18 @@ augmentation) are a function of ``(seed, epoch, batch index)`` (see
 saved. On the same device, a run stopped after any step and resumed ends with weights equal, bit
 for bit, to those of an uninterrupted run.
 
-Ctrl-C
-------
-While a run is going, the first Ctrl-C (SIGINT) does not stop the step in flight: the run stops
-at the next step boundary, writes ``checkpoint.npz`` at that exact position and raises
-KeyboardInterrupt (the CLI exits with status 130 and prints the resume command). A second Ctrl-C
-stops at once, keeping the previous checkpoint.
+Ctrl-C and SIGTERM
+------------------
+While a run is going, the first Ctrl-C (SIGINT) or SIGTERM (what ``kill``, ``timeout`` and job
+schedulers send) does not stop the step in flight: the run stops at the next step boundary,
+writes ``checkpoint.npz`` at that exact position and raises :class:`Interrupted`, a
+KeyboardInterrupt carrying the signal number (the CLI exits with status 128 + signal: 130 for
+Ctrl-C, 143 for SIGTERM, and prints the resume command). A second signal stops at once, keeping
+the previous checkpoint.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -52,16 +74,44 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import backend, init
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, atomic_write, dumps_json, load_checkpoint, remove_stale_temporaries,
+                         save_checkpoint)
 from .layers.registry import POOLINGS, validate_options
 from .loss import SoftmaxCrossEntropy
 from .models import MODELS, build_model, count_parameters, pooling_layers
+from .checks import check_real
 from .optim import SGD
+from .runlock import RunFolderError, RunLock, check_unlocked
 from .schedule import SCHEDULES, make_schedule
 
 CHECKPOINT = "checkpoint.npz"
 BEST = "best.npz"
 METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CONFIG = "config.json"
+#: the files a run writes in its folder (what ``overwrite=True`` deletes first)
+RUN_FILES = (CONFIG, METRICS, CHECKPOINT, BEST, SUMMARY, "lam.npz", "curves.png", "lam.png")
+_RUN_MARKERS = (CHECKPOINT, BEST, METRICS, SUMMARY, CONFIG)  # any of them: the folder holds a run
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss, or the weights about to be checkpointed, became inf or NaN."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal, Ctrl-C's SIGINT or SIGTERM (``signum``), after saving a checkpoint
+    where it could. A KeyboardInterrupt, so code that handles Ctrl-C handles it too."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        self.signum = int(signum)
+        super().__init__(_signal_name(self.signum))
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 @dataclass
@@ -97,8 +147,12 @@ class TrainConfig:
     drop_last: bool = False
     checkpoint_every: int = 200
     download: bool = True
+    allow_partial_data: bool = False  # CIFAR: accept a copy with fewer than the canonical 50000/10000 images
 
     def validate(self) -> "TrainConfig":
+        """Check every setting (a ValueError naming it, the expected values and the value given);
+        the real-valued ones must be finite, and NumPy scalars among them become Python floats.
+        Returns self."""
         def pos_int(name, v, minimum=1):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
                 raise ValueError(f"{name}: expected an integer >= {minimum}, got {v!r}")
@@ -116,10 +170,16 @@ class TrainConfig:
         for name in ("limit_train", "limit_test", "eval_batch_size"):
             if getattr(self, name) is not None:
                 pos_int(name, getattr(self, name))
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr: expected a number > 0, got {self.lr!r}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label_smoothing: expected a number in [0, 1), got {self.label_smoothing!r}")
+        def real(name, **bounds):  # finite, in range; NumPy scalars become Python floats
+            try:
+                setattr(self, name, check_real(getattr(self, name), name, **bounds))
+            except TypeError as e:
+                raise ValueError(str(e)) from None
+        real("lr", low=0, low_open=True)
+        real("momentum", low=0, high=1, high_open=True)
+        real("weight_decay", low=0)
+        real("label_smoothing", low=0, high=1, high_open=True)
+        real("width", low=0, low_open=True)
         if self.device not in backend.DEVICES:
             raise ValueError(f"device: expected one of {backend.DEVICES}, got {self.device!r}")
         return self
@@ -159,37 +219,47 @@ def _write_text_atomic(path: str, text: str):
     atomic_write(path, lambda f: f.write(text), mode="w")
 
 
+_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM") if hasattr(signal, n))
+
+
 class _InterruptGuard:
-    """Turns the first SIGINT into a flag checked at step boundaries (a second one raises at once).
+    """Turns the first SIGINT or SIGTERM into a flag checked at step boundaries (a second one
+    raises at once).
 
     Installed only in the main thread (elsewhere Python does not deliver signals to handlers)."""
 
     def __init__(self, log):
         self.requested = False
-        self._old = None
+        self.signum = signal.SIGINT
+        self._old: dict = {}
         self._log = log
 
     def _handler(self, signum, frame):
         if self.requested:
-            signal.signal(signal.SIGINT, self._old or signal.default_int_handler)
-            raise KeyboardInterrupt
-        self.requested = True
-        self._log("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to quit at once)")
+            self._restore()
+            raise Interrupted(signum)
+        self.requested, self.signum = True, signum
+        name = "Ctrl-C" if signum == signal.SIGINT else _signal_name(signum)
+        self._log(f"\n{name}: stopping after this step and saving a checkpoint ({name} again to quit at once)")
+
+    def _restore(self):
+        for signum, old in self._old.items():
+            signal.signal(signum, old if old is not None else signal.SIG_DFL)
+        self._old = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
+            for signum in _STOP_SIGNALS:
+                self._old[signum] = signal.signal(signum, self._handler)
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        self._restore()
         return False
 
     def check(self):
         if self.requested:
-            raise KeyboardInterrupt
+            raise Interrupted(self.signum)
 
 
 class _LamRecorder:
@@ -274,7 +344,8 @@ def default_run_dir(config: TrainConfig, root: str = "runs") -> str:
 def load_data(config: TrainConfig, progress: bool = True):
     """The dataset of ``config`` with its limits applied."""
     from .data import load_dataset
-    ds = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download, progress=progress)
+    ds = load_dataset(config.dataset, data_dir=config.data_dir, download=config.download,
+                      check_counts=not config.allow_partial_data, progress=progress)
     if config.limit_train is not None or config.limit_test is not None:
         ds = ds.limit(config.limit_train if config.limit_train is None else min(config.limit_train, len(ds.y_train)),
                       config.limit_test if config.limit_test is None else min(config.limit_test, len(ds.y_test)))
@@ -305,21 +376,36 @@ class Trainer:
         Where the per-epoch lines and the summary go (default: print via tqdm.write).
     dataset : Dataset or None
         Use this dataset instead of loading ``config.dataset`` (limits still apply).
+    overwrite : bool
+        Allow a fresh run in a folder that already holds a run (its files are deleted when the
+        run starts); otherwise that is a :class:`~minignn.runlock.RunFolderError`. A folder that
+        another live run holds is always refused (:class:`~minignn.runlock.RunFolderLocked`).
     """
 
     def __init__(self, config: TrainConfig, out: str | None = None, progress: bool = True, plots: bool = True,
-                 log=None, dataset=None, _state: dict | None = None):
+                 log=None, dataset=None, overwrite: bool = False, _state: dict | None = None,
+                 _source: str | None = None):
         self.config = config.validate()
         backend.check_device(config.device)  # the clear error for --device gpu without a GPU
         self.progress, self.plots = progress, plots
         self.log = log or _default_log
         self.out = out or default_run_dir(config)
+        self.overwrite = bool(overwrite)
+        self._source = _source
+        # a resumed run owns its checkpoint's folder; a fresh one owns its folder once run() claims it
+        self._owns_out = (_state is not None and _source is not None
+                          and _same_path(os.path.dirname(os.path.abspath(_source)), self.out))
+        self._last_good = None  # (epoch, step_in_epoch, path) of the last checkpoint written
+        self._last_step = None  # (epoch, step, loss) of the last training step, for divergence messages
+        check_unlocked(self.out)  # early, before loading data: the real check is run()'s lock
+        if not self._owns_out and not self.overwrite:
+            self._refuse_existing_run()
         ds = dataset if dataset is not None else load_data(config, progress)
         if dataset is not None and (config.limit_train is not None or config.limit_test is not None):
             ds = ds.limit(config.limit_train, config.limit_test)
         self.dataset = ds
         self.model = model_from_config(config, ds.num_classes)
-        _skip_first_input_grad(self.model)
+        _skip_input_grad(self.model)
         if config.device != "cpu":
             self.model.to(config.device)
         self.criterion = SoftmaxCrossEntropy(config.label_smoothing)
@@ -348,21 +434,28 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path: str, device: str | None = None, out: str | None = None, **kw) -> "Trainer":
+    def from_checkpoint(cls, path: str, device: str | None = None, out: str | None = None,
+                        allow_partial_data: bool | None = None, **kw) -> "Trainer":
         """Resume the run saved in ``path`` (a checkpoint file, or a run folder holding
         ``checkpoint.npz``). ``device`` may differ from the saved one (results then agree to
-        float rounding, not bit for bit). The run folder is the checkpoint's folder unless ``out``
-        is given."""
+        float rounding, not bit for bit); ``allow_partial_data=True`` accepts a smaller CIFAR copy
+        even if the run was started without it. The run folder is the checkpoint's folder unless
+        ``out`` is given (a folder holding another run then needs ``overwrite=True``). A
+        checkpoint missing an entry a resume needs is a CheckpointError naming it and the file."""
         if os.path.isdir(path):
             path = os.path.join(path, CHECKPOINT)
         state = load_checkpoint(path)
         if "position" not in state:
             raise ValueError(f"resume: {path!r} holds model weights only (a best.npz?); resume from the run's"
                              f" {CHECKPOINT}")
+        for key in _RESUME_ENTRIES:  # all of them before anything is built
+            _entry(state, key, path)
         config = TrainConfig.from_dict(state["config"])
         if device is not None:
             config.device = device
-        return cls(config, out=out or os.path.dirname(os.path.abspath(path)), _state=state, **kw)
+        if allow_partial_data:
+            config.allow_partial_data = True
+        return cls(config, out=out or os.path.dirname(os.path.abspath(path)), _state=state, _source=path, **kw)
 
     def state(self) -> dict:
         return {
@@ -386,21 +479,51 @@ class Trainer:
         }
 
     def _restore(self, s: dict):
+        src = self._source or "the checkpoint"
+        for key in _RESUME_ENTRIES:
+            _entry(s, key, src)
         pos = s["position"]
         if pos["steps_per_epoch"] != self.steps_per_epoch:
             raise ValueError(f"resume: the checkpoint has {pos['steps_per_epoch']} steps per epoch but the data now"
                              f" give {self.steps_per_epoch}; resume with the same dataset and limits")
-        self.model.load_state_dict(s["model"])
-        self.optimizer.load_state_dict(s["optimizer"])
+        for part, target in (("model", self.model), ("optimizer", self.optimizer)):
+            try:
+                target.load_state_dict(s[part])
+            except (KeyError, ValueError, TypeError) as e:
+                raise CheckpointError(f"resume: {src!r}: {part}: {e}") from e
         self.epoch, self.step_in_epoch, self.global_step = pos["epoch"], pos["step_in_epoch"], pos["global_step"]
         init.set_rng_state(s["rng"]["minignn"])
         self.accum = dict(s["accum"])
         self.history = list(s["history"])
         self.best = dict(s["best"])
+        if self._owns_out and os.path.exists(self.checkpoint_path):
+            self._last_good = (self.epoch, self.step_in_epoch, self.checkpoint_path)
 
     def save_checkpoint(self) -> str:
+        """Write ``checkpoint.npz`` at the current position; a TrainingDiverged (writing nothing)
+        if a parameter, buffer or momentum buffer holds inf or NaN."""
+        bad = _first_non_finite(self.model, self.optimizer)
+        if bad is not None:
+            epoch, step, loss = self._last_step or (self.epoch + 1, self.step_in_epoch, None)
+            after = f" (the step's training loss was {loss:.6g})" if loss is not None else ""
+            raise self._diverged(epoch, step, f"{bad} holds inf or NaN after the update{after}")
         os.makedirs(self.out, exist_ok=True)
-        return save_checkpoint(os.path.join(self.out, CHECKPOINT), self.state())
+        path = save_checkpoint(os.path.join(self.out, CHECKPOINT), self.state())
+        self._last_good = (self.epoch, self.step_in_epoch, path)
+        return path
+
+    def _diverged(self, epoch: int, step: int, what: str) -> TrainingDiverged:
+        c, nb = self.config, self.steps_per_epoch
+        fix = f"lower --lr (it is {c.lr:g}, {self.optimizer.lr:.3g} at this step)"
+        if c.weight_decay:
+            fix += f" or --weight-decay ({c.weight_decay:g})"
+        if self._last_good is not None:
+            e, s, path = self._last_good
+            where = f"end of epoch {e}" if s == 0 and e > 0 else f"epoch {e + 1}, step {s}/{nb}"
+            kept = f"the last good checkpoint, {path} ({where}), is kept"
+        else:
+            kept = "no checkpoint had been written yet"
+        return TrainingDiverged(f"training diverged at epoch {epoch}, step {step}/{nb}: {what}; {fix}; {kept}")
 
     @property
     def checkpoint_path(self) -> str:
@@ -412,7 +535,9 @@ class Trainer:
 
     # --- one step -------------------------------------------------------------------------------
     def train_step(self, x, y) -> tuple[float, int]:
-        """One SGD step on a batch; returns (mean loss, number correct)."""
+        """One SGD step on a batch, in training mode (batch statistics, dropout); returns (mean
+        loss, number correct)."""
+        self.model.train()
         self.schedule.apply(self.optimizer, self.global_step)
         self.optimizer.zero_grad()
         logits = self.model.forward(x)
@@ -424,8 +549,18 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------
     def run(self) -> dict:
-        """Train to the end (from the current position); returns the summary dict."""
-        os.makedirs(self.out, exist_ok=True)
+        """Train to the end (from the current position); returns the summary dict.
+
+        Holds the run folder's lock throughout (see the module docstring). Raises
+        :class:`Interrupted` after Ctrl-C or SIGTERM (a checkpoint saved), :class:`TrainingDiverged`
+        on an inf/NaN loss, :class:`~minignn.runlock.RunFolderError` for a folder it may not use."""
+        lock = self._claim_out()
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> dict:
         self._write_run_files()
         c = self.config
         if self.finished:
@@ -438,10 +573,43 @@ class Trainer:
                 while not self.finished:
                     self._train_epoch(guard)
                     self._end_epoch(guard, run_t0)
-            except KeyboardInterrupt:
-                self._on_interrupt()
+            except KeyboardInterrupt as e:
+                self._on_interrupt(getattr(e, "signum", signal.SIGINT))
                 raise
         return self._finish()
+
+    # --- the run folder -------------------------------------------------------------------------
+    def _refuse_existing_run(self):
+        found = [f for f in _RUN_MARKERS if os.path.exists(os.path.join(self.out, f))]
+        if not found:
+            return
+        how = (f"continue it with: minignn train --resume {self.out}" if CHECKPOINT in found
+               else f"it has no {CHECKPOINT} to --resume from")
+        raise RunFolderError(f"{self.out} already holds a run ({', '.join(found)}); {how}; or pass --overwrite"
+                             f" (Trainer(overwrite=True)) to replace it; or choose another --out")
+
+    def _claim_out(self) -> RunLock:
+        """Lock the run folder (refusing one a live run holds, or one holding another run unless
+        ``overwrite``), delete the old run's files when overwriting, and the temporary files a
+        killed writer left. Returns the held lock."""
+        lock = RunLock(self.out).acquire()
+        try:
+            if not self._owns_out:
+                if not self.overwrite:
+                    self._refuse_existing_run()
+                else:
+                    for f in RUN_FILES:
+                        if os.path.exists(os.path.join(self.out, f)):
+                            os.unlink(os.path.join(self.out, f))
+                self._owns_out = True
+            stale = remove_stale_temporaries(self.out)
+            if stale:
+                self.log(f"removed {len(stale)} temporary file(s) an interrupted run left in {self.out}:"
+                         f" {', '.join(stale)}")
+        except BaseException:
+            lock.release()
+            raise
+        return lock
 
     def _train_epoch(self, guard):
         c, e = self.config, self.epoch
@@ -458,6 +626,10 @@ class Trainer:
                 x, y = backend.to_device(x, c.device), backend.to_device(y, c.device)
                 self._consistent = False
                 loss, correct = self.train_step(x, y)
+                loss = float(loss)
+                self._last_step = (e + 1, self.step_in_epoch + 1, loss)
+                if not math.isfinite(loss):
+                    raise self._diverged(e + 1, self.step_in_epoch + 1, f"the training loss is {loss}")
                 n = int(y.shape[0])
                 self.step_in_epoch += 1
                 self.global_step += 1
@@ -511,8 +683,7 @@ class Trainer:
                 "kind": "weights", "config": self.config.to_dict(), "model": self.model.state_dict(),
                 "epoch": e + 1, "test_acc": ev["acc"], "num_classes": self.dataset.num_classes,
                 "classes": list(self.dataset.classes)})
-        with open(os.path.join(self.out, METRICS), "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        self._write_metrics()
         if ev["lam"]:
             atomic_write(os.path.join(self.out, "lam.npz"), lambda f: np.savez(f, **ev["lam"]))
         elapsed = time.perf_counter() - run_t0
@@ -524,10 +695,11 @@ class Trainer:
                  f"  test loss {rec['test_loss']:.4f} acc {100 * rec['test_acc']:.2f}%"
                  f"  lr {rec['lr']:.4g}  {rec['epoch_time']:.1f} s{speed}{eta}")
 
-    def _on_interrupt(self):
+    def _on_interrupt(self, signum: int = signal.SIGINT):
+        by = "" if signum == signal.SIGINT else f" by {_signal_name(signum)}"
         if self._consistent:
             path = self.save_checkpoint()
-            self.log(f"\ninterrupted: saved {path} at epoch {self.epoch + 1}, step {self.step_in_epoch}"
+            self.log(f"\ninterrupted{by}: saved {path} at epoch {self.epoch + 1}, step {self.step_in_epoch}"
                      f"/{self.steps_per_epoch}\nresume with: minignn train --resume {path}")
         else:
             prev = self.checkpoint_path if os.path.exists(self.checkpoint_path) else None
@@ -536,10 +708,15 @@ class Trainer:
 
     # --- files and summary ----------------------------------------------------------------------
     def _write_run_files(self):
-        _write_text_atomic(os.path.join(self.out, "config.json"), json.dumps(self.config.to_dict(), indent=2) + "\n")
+        _write_text_atomic(os.path.join(self.out, CONFIG), dumps_json(self.config.to_dict(), indent=2) + "\n")
         # the checkpoint's history is the truth: rewrite metrics.jsonl from it (drops lines an
         # interrupted run may have written after its last checkpoint)
-        _write_text_atomic(os.path.join(self.out, METRICS), "".join(json.dumps(r) + "\n" for r in self.history))
+        self._write_metrics()
+
+    def _write_metrics(self):
+        """``metrics.jsonl``, one line per epoch of the history, rewritten whole and atomically (a
+        full disk or a kill mid-write keeps the previous file)."""
+        _write_text_atomic(os.path.join(self.out, METRICS), "".join(dumps_json(r) + "\n" for r in self.history))
 
     def _banner(self) -> str:
         c, ds = self.config, self.dataset
@@ -576,7 +753,7 @@ class Trainer:
             "mean_train_time": float(np.mean([r["train_time"] for r in h])) if h else None,
             "files": [f for f in files if os.path.exists(f)],
         }
-        _write_text_atomic(os.path.join(self.out, "summary.json"), json.dumps(summary, indent=2) + "\n")
+        _write_text_atomic(os.path.join(self.out, SUMMARY), dumps_json(summary, indent=2) + "\n")
         if h:
             self.log(f"\ndone: final test acc {100 * summary['final_test_acc']:.2f}%, best"
                      f" {100 * summary['best_test_acc']:.2f}% (epoch {summary['best_epoch']}),"
@@ -586,12 +763,65 @@ class Trainer:
         return summary
 
 
-def _skip_first_input_grad(model):
-    """Training never needs d loss / d image: let the first convolution skip computing it."""
-    for m in model.modules():
-        if hasattr(m, "needs_input_grad"):
-            m.needs_input_grad = False
-            return
+def _skip_input_grad(model):
+    """Training never needs d loss / d image: switch off the input gradient of the module the
+    model names as the one that sees the data (``model.input_layer``, a name from
+    ``model.named_modules()``; see :mod:`minignn.models`), when that module has the switch
+    (``needs_input_grad``). A model that names none keeps every input gradient. Returns the module
+    switched off, or None."""
+    name = getattr(model, "input_layer", None)
+    if name is None:
+        return None
+    mods = dict(model.named_modules())
+    if name not in mods:
+        raise ValueError(f"{type(model).__name__}.input_layer: expected the name of one of its modules, got {name!r}"
+                         f" (names: {', '.join(repr(n) for n in list(mods)[1:6])}, ...)")
+    m = mods[name]
+    if not hasattr(m, "needs_input_grad"):
+        return None
+    m.needs_input_grad = False
+    return m
+
+
+def _first_non_finite(model, optimizer=None) -> str | None:
+    """``"parameter 'fc.weight'"`` (or buffer, or momentum buffer) for the first array holding inf
+    or NaN, else None."""
+    def finite(a):
+        return a.dtype.kind != "f" or bool(backend.get_array_module(a).isfinite(a).all())
+    for name, p in model.named_parameters():
+        if not finite(p.data):
+            return f"parameter {name!r}"
+    for name, b in model.named_buffers():
+        if hasattr(b, "dtype") and not finite(b):
+            return f"buffer {name!r}"
+    if optimizer is not None:
+        names = [n for n, _ in model.named_parameters()]
+        for i, b in enumerate(optimizer.buffers):
+            if b is not None and not finite(b):
+                return f"the momentum buffer of {names[i] if i < len(names) else i!r}"
+    return None
+
+
+_RESUME_ENTRIES = ("config", "model", "optimizer", *(f"optimizer/{k}" for k in SGD._STATE_KEYS),
+                   *(f"position/{k}" for k in ("epoch", "step_in_epoch", "global_step", "steps_per_epoch")),
+                   "rng/minignn", "accum", "history", "best")
+
+
+def _entry(state: dict, key: str, source: str):
+    """``state[a][b]`` for ``key == "a/b"``, or a CheckpointError naming the missing entry and the file."""
+    cur = state
+    parts = key.split("/")
+    for i, part in enumerate(parts):
+        if not isinstance(cur, dict) or part not in cur:
+            missing = "/".join(parts[:i + 1])
+            raise CheckpointError(f"resume: {source!r} has no {missing!r} entry, which a resume needs (not a"
+                                  f" complete minignn training checkpoint)")
+        cur = cur[part]
+    return cur
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _default_log(msg: str):

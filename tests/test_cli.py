@@ -17,8 +17,8 @@ QUICK = ["--dataset", "synthetic", "--limit-train", "48", "--limit-test", "32", 
     ([], ["train", "eval", "bench"]),
     (["train"], ["--model", "--pool", "--dataset", "--data-dir", "--epochs", "--batch-size", "--lr", "--schedule",
                  "--label-smoothing", "--weight-decay", "--seed", "--device", "--out", "--resume", "--limit-train",
-                 "--limit-test", "gfgp-local", "onecycle"]),
-    (["eval"], ["CHECKPOINT", "--device", "--batch-size", "--json"]),
+                 "--limit-test", "gfgp-local", "onecycle", "--overwrite", "--allow-partial-data"]),
+    (["eval"], ["CHECKPOINT", "--device", "--batch-size", "--json", "--allow-partial-data"]),
     (["bench"], ["layers", "maxent", "vgg", "--repeats"]),
 ])
 def test_help(argv, expect, capsys):
@@ -110,3 +110,64 @@ def test_device_gpu_without_gpu_is_a_clear_error(tmp_path, capsys):
     assert main(["train", *QUICK, "--device", "gpu", "--out", str(tmp_path / "g")]) == 2
     err = capsys.readouterr().err
     assert "device='gpu'" in err and ("CuPy" in err or "CUDA" in err)
+
+
+@pytest.mark.parametrize("flag,value,expect", [
+    ("--lr", "inf", "expected a finite number > 0, got 'inf'"),
+    ("--lr", "nan", "expected a finite number > 0, got 'nan'"),
+    ("--lr", "0", "expected a finite number > 0, got '0'"),
+    ("--lr", "fast", "expected a finite number > 0, got 'fast'"),
+    ("--weight-decay", "nan", "expected a finite number >= 0, got 'nan'"),
+    ("--weight-decay", "Infinity", "expected a finite number >= 0, got 'Infinity'"),
+    ("--momentum", "inf", "expected a finite number in [0, 1), got 'inf'"),
+    ("--momentum", "1", "expected a finite number in [0, 1), got '1'"),
+    ("--label-smoothing", "nan", "expected a finite number in [0, 1), got 'nan'"),
+    ("--width", "inf", "expected a finite number > 0, got 'inf'"),
+    ("--checkpoint-every", "-1", "expected an integer >= 0, got '-1'"),
+    ("--pool-opt", "lam_init=1e999", "lam_init: expected a finite number, got '1e999'"),
+])
+def test_non_finite_numbers_are_rejected_naming_the_flag(flag, value, expect, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["train", *QUICK, "--pool", "maxent", flag, value, "--out", str(tmp_path / "run")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: {expect}" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def _write_small_cifar10(root, sizes=(7, 5, 6, 4, 3), n_test=9, seed=0):
+    """A small CIFAR-10 folder in the canonical layout (as tests/test_data.py writes it)."""
+    import pickle
+    from pathlib import Path
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+
+    def dump(name, obj):
+        with open(folder / name, "wb") as f:
+            pickle.dump(obj, f, protocol=2)
+    for b, n in enumerate(sizes, 1):
+        dump(f"data_batch_{b}", {b"batch_label": f"training batch {b} of 5".encode(),
+                                 b"labels": [int(v) for v in rng.integers(0, 10, n)],
+                                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                                 b"filenames": [f"img_{b}_{i}.png".encode() for i in range(n)]})
+    dump("test_batch", {b"batch_label": b"testing batch 1 of 1", b"labels": [int(v) for v in rng.integers(0, 10, n_test)],
+                        b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
+                        b"filenames": [f"t_{i}.png".encode() for i in range(n_test)]})
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    dump("batches.meta", {b"num_cases_per_batch": 10000, b"label_names": names, b"num_vis": 3072})
+
+
+def test_allow_partial_data_trains_and_evaluates_on_a_smaller_cifar_copy(tmp_path, capsys):
+    _write_small_cifar10(tmp_path / "data")
+    base = ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--no-download", "--pool", "max",
+            "--epochs", "1", "--batch-size", "16", "--width", "0.25", "--no-progress", "--no-plots"]
+    assert main([*base, "--out", str(tmp_path / "strict")]) == 2
+    assert "50000 training and 10000 test images, got 25 and 9" in capsys.readouterr().err
+    assert main([*base, "--allow-partial-data", "--out", str(tmp_path / "run")]) == 0
+    assert "(25 train / 9 test images)" in capsys.readouterr().out
+    assert json.load(open(tmp_path / "run" / "config.json"))["allow_partial_data"] is True
+    # eval reads the saved setting, and takes the flag too
+    for extra in ([], ["--allow-partial-data"]):
+        assert main(["eval", str(tmp_path / "run"), "--json", "--no-progress", *extra]) == 0
+        assert json.loads(capsys.readouterr().out)["images"] == 9

@@ -98,6 +98,23 @@ def test_to_dtype_casts_params_and_buffers():
         m.to(device="tpu")
 
 
+def test_to_moves_and_casts_gradients_with_their_parameters():
+    m = Sequential(Scale(3))
+    m.forward(np.array([[1.0, 2.0, 3.0]]))
+    m.backward(np.array([[0.5, -1.0, 1.0 / 3.0]]))  # w.grad = gy * x, b.grad = gy
+    w_grad, b_grad = m[0].w.grad.copy(), m[0].b.grad.copy()
+    assert np.all(w_grad != 0) and np.all(b_grad != 0)
+    m.to(device="cpu")
+    np.testing.assert_array_equal(m[0].w.grad, w_grad)
+    m.to(dtype=np.float32)
+    for p, g in ((m[0].w, w_grad), (m[0].b, b_grad)):
+        assert p.grad.dtype == np.float32 and p.grad.shape == p.data.shape
+        np.testing.assert_array_equal(p.grad, g.astype(np.float32))
+    m.to(dtype=np.float64)
+    assert m[0].w.grad.dtype == np.float64
+    np.testing.assert_array_equal(m[0].w.grad, w_grad.astype(np.float32).astype(np.float64))
+
+
 def test_gradcheck_passes_and_catches_wrong_gradient():
     x = np.random.default_rng(0).standard_normal((5, 3))
     assert gradcheck(Sequential(Scale(3), Square(), Scale(3)), x)
@@ -215,7 +232,7 @@ def test_sgd_state_roundtrip_resumes_exactly():
 
 def test_sgd_errors():
     p = Parameter(np.ones(2))
-    with pytest.raises(ValueError, match="lr: expected a number > 0"):
+    with pytest.raises(ValueError, match=r"lr: expected a (finite real )?number > 0, got 0"):  # optim.py's new wording
         SGD([p], lr=0)
     with pytest.raises(ValueError, match="nesterov=True needs momentum > 0"):
         SGD([p], nesterov=True)

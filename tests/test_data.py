@@ -118,7 +118,7 @@ def test_cifar10_small_files_load_exactly(tmp_path, no_network):
 
 def test_canonical_counts_are_checked_by_default(tmp_path, no_network):
     write_cifar10(tmp_path)
-    msg = r"50000 training and 10000 test images, got 25 and 9.*check_counts=False"
+    msg = r"50000 training and 10000 test images, got 25 and 9.*check_counts=False.*--allow-partial-data"
     with pytest.raises(CorruptDataError, match=msg):
         load_dataset("cifar10", data_dir=tmp_path)
 
@@ -180,8 +180,30 @@ def _corrupt(kind, path):
         d[b"labels"] = d[b"labels"][:-1]
         msg = r"label count mismatch: 6 images but \(5,\) labels"
     elif kind == "label_range":
-        d[b"labels"][0] = 10
-        msg = r"labels out of range: expected 0..9"
+        d[b"labels"][4] = 10
+        msg = r"labels out of range in b'labels': expected 0\.\.9, got \d+\.\.10 \(first bad: 10 at index 4\)"
+    elif kind == "label_negative":
+        d[b"labels"][1] = -1
+        msg = r"labels out of range in b'labels': expected 0\.\.9, got -1\.\.\d \(first bad: -1 at index 1\)"
+    elif kind == "label_float":
+        d[b"labels"][2] = 2.7  # the list becomes floats; int() would truncate it to class 2
+        msg = (r"non-integer labels in b'labels': expected integers 0\.\.9, got 2\.7 at index 2"
+               r" \(1 of 6 labels are not integers\)")
+    elif kind == "label_float_array":
+        d[b"labels"] = np.asarray(d[b"labels"], dtype=np.float32) + np.float32(0.25)
+        msg = r"non-integer labels in b'labels'.* at index 0 \(6 of 6 labels are not integers\)"
+    elif kind == "label_nan":
+        d[b"labels"][3] = float("nan")
+        msg = r"non-integer labels in b'labels': expected integers 0\.\.9, got nan at index 3"
+    elif kind == "label_str":
+        d[b"labels"][0] = "3"
+        msg = r"b'labels' is not a list of integers: expected integer labels 0\.\.9, got <U\d+ values"
+    elif kind == "label_bool":
+        d[b"labels"] = [True] * 6
+        msg = r"b'labels' is not a list of integers: expected integer labels 0\.\.9, got bool values"
+    elif kind == "label_none":
+        d[b"labels"][0] = None
+        msg = r"b'labels' is not a list of integers: expected integer labels 0\.\.9, got object values"
     elif kind == "not_a_dict":
         d = [1, 2, 3]
         msg = r"expected a pickled dict, got list"
@@ -190,7 +212,9 @@ def _corrupt(kind, path):
 
 
 @pytest.mark.parametrize("kind", ["truncated", "garbage", "empty", "missing", "no_data_key", "no_labels_key",
-                                  "wrong_size", "wrong_dtype", "label_count", "label_range", "not_a_dict"])
+                                  "wrong_size", "wrong_dtype", "label_count", "label_range", "label_negative",
+                                  "label_float", "label_float_array", "label_nan", "label_str", "label_bool",
+                                  "label_none", "not_a_dict"])
 def test_corrupted_batch_file_names_file_and_problem(tmp_path, no_network, kind):
     write_cifar10(tmp_path)
     path = tmp_path / SPEC10.folder / "data_batch_3"
@@ -198,6 +222,18 @@ def test_corrupted_batch_file_names_file_and_problem(tmp_path, no_network, kind)
     with pytest.raises(CorruptDataError, match=msg) as e:
         load_dataset("cifar10", data_dir=tmp_path, check_counts=False)
     assert str(path) in str(e.value)
+
+
+def test_whole_number_float_labels_load_as_integers(tmp_path, no_network):
+    """A copy that stores its labels as floats holding whole numbers is not corrupt."""
+    _, ytr, _, _ = write_cifar10(tmp_path)
+    path = tmp_path / SPEC10.folder / "data_batch_1"
+    d = pickle.loads(path.read_bytes(), encoding="bytes")
+    d[b"labels"] = np.asarray(d[b"labels"], dtype=np.float64)
+    _dump(path, d)
+    ds = load_dataset("cifar10", data_dir=tmp_path, check_counts=False)
+    assert ds.y_train.dtype == np.int64
+    np.testing.assert_array_equal(ds.y_train, ytr)
 
 
 def test_corrupted_meta_file(tmp_path, no_network):

@@ -88,6 +88,56 @@ def test_max_propagates_nan_like_numpy():
     assert np.isnan(t[0, 0]) and t[0, 1] == 5.0
 
 
+@given(dtype=dtypes, data=st.data())
+def test_max_gradient_goes_to_the_first_nan(dtype, data):
+    """The rule of every max-like kernel: a NaN wins and the *first* NaN (row-major) takes the
+    gradient, as numpy's argmax picks it; here with 2-4 NaNs anywhere in a plane."""
+    d = HypothesisDraw(data)
+    h, w = d.int(1, 6), d.int(2, 6)
+    x = d.rng.standard_normal((2, 2, h, w)).astype(dtype)
+    for _ in range(d.int(2, 4)):
+        x[d.int(0, 1), d.int(0, 1), d.int(0, h - 1), d.int(0, w - 1)] = np.nan
+    t, saved = global_stats_forward(x, "max")
+    gx = global_stats_backward(np.ones_like(t), saved)
+    flat = x.reshape(2, 2, -1)
+    first = flat.argmax(-1)                                   # numpy: the first NaN if any, else the first max
+    expected = np.zeros_like(flat)
+    np.put_along_axis(expected, first[..., None], 1.0, axis=-1)
+    np.testing.assert_array_equal(gx.reshape(2, 2, -1), expected)
+    np.testing.assert_array_equal(np.isnan(t), np.isnan(flat).any(-1))
+
+
+def test_mapping_overflow_is_an_error_naming_x():
+    """Statistics near float32's limit overflow the MLP (U t is inf, then inf - inf): a clear error
+    naming x and the statistic, never a NaN lam or a blame on lam."""
+    from minignn.layers import MaxEntPool2d
+    x = np.random.default_rng(0).uniform(1e38, 3e38, (2, 64, 4, 4)).astype(np.float32)
+    m = MaxEntPool2d(64, stat="max")
+    with np.errstate(over="ignore", invalid="ignore"), \
+            pytest.raises(ValueError, match=r"MaxEntPool2d.forward: x: expected values the GFGP mapping can take in float32,"
+                                            r" got \|x\| up to 3e\+38: its 'max' statistics .* overflow the mapping"):
+        m.forward(x)
+
+
+@pytest.mark.parametrize("stat", STATS)
+@pytest.mark.parametrize("lo, hi", [(1e38, 3e38), (0.0, 3e38), (-1.7e38, 1.7e38)])
+def test_gfgp_on_inputs_near_the_float32_limit(stat, lo, hi):
+    """Finite inputs near float32's limit (the avg+std case gave NaN y): y finite and inside each
+    window's range, gx free of NaN (a saturated sigmoid passes no gradient, even an infinite one),
+    or the clear overflow error above. Checked with 4 channels, where the mapping does not overflow."""
+    from minignn.layers import MaxEntPool2d
+    x = np.random.default_rng(1).uniform(lo, hi, (2, 4, 4, 4)).astype(np.float32)
+    m = MaxEntPool2d(4, stat=stat)
+    with np.errstate(over="ignore", invalid="ignore"):
+        y = m.forward(x)
+        gx = m.backward(np.ones_like(y))
+    win = x.reshape(2, 4, 2, 2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(2, 4, 2, 2, 4)
+    assert np.all(np.isfinite(y)), "y"
+    slack = 1e-6 * np.abs(win).max(-1)                         # the rounding of Y = X_r + sum W (X - X_r)
+    assert np.all((y >= win.min(-1) - slack) & (y <= win.max(-1) + slack)), "y outside its window's range"
+    assert not np.isnan(gx).any(), "gx"
+
+
 def test_global_stats_errors():
     x = np.ones((2, 3, 4, 4), dtype=np.float32)
     with pytest.raises(ValueError, match=r"global_stats_forward: x: expected a 4-D array .*got shape \(3, 4, 4\)"):

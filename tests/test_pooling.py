@@ -89,6 +89,25 @@ def test_maxpool_nan_propagates():
         np.testing.assert_array_equal(m.backward(gy), maxpool2d_backward_ref(gy, arg_ref, x.shape))
 
 
+@given(data=st.data(), dtype=dtypes)
+def test_maxpool_first_nan_of_a_window_takes_the_gradient(data, dtype):
+    """The rule of every max-like kernel (max pooling, the GFGP global max): a NaN wins its window
+    and the *first* NaN in row-major window order is the argmax (as numpy's argmax, the reference);
+    2-5 NaNs anywhere, every geometry, both paths."""
+    d, shape, k, s, p = draw_input(data)
+    x = d.rng.standard_normal(shape).astype(dtype)
+    n, c, h, w = shape
+    for _ in range(d.int(2, 5)):
+        x[d.int(0, n - 1), d.int(0, c - 1), d.int(0, h - 1), d.int(0, w - 1)] = np.nan
+    y, arg = max_pool2d_forward(x, k, s, p)
+    y_ref, arg_ref = maxpool2d_forward_ref(x, k, s, p)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(y_ref))
+    np.testing.assert_array_equal(window_offsets_to_flat(arg.astype(np.int64), shape, k, s, p), arg_ref)
+    gy = d.rng.standard_normal(y.shape).astype(dtype)
+    assert_close(max_pool2d_backward(gy, arg, shape, k, s, p), maxpool2d_backward_ref(gy, arg_ref, shape),
+                 name="gx", **OPS["max_pool2d"].tol(dtype))
+
+
 def test_maxpool_large_kernel_uses_int32_offsets():
     """Kernels of more than 127 cells do not fit int8 offsets."""
     rng = np.random.default_rng(0)

@@ -95,6 +95,17 @@ def test_schedule_errors():
         Schedule("onecycle", 0.1, 10, pct_start=1.5)
     with pytest.raises(TypeError):
         Schedule("cosine", 0.1, 10, milestones=[3])
+    for bad in (float("inf"), float("nan"), 0.0, -1.0):
+        with pytest.raises(ValueError, match=r"schedule: base_lr: expected a finite real number > 0, got"):
+            Schedule("cosine", bad, 10)
+    with pytest.raises(TypeError, match=r"schedule: base_lr: .*got True \(a bool\)"):
+        Schedule("cosine", True, 10)
+
+
+@pytest.mark.parametrize("lr", [np.float32(0.5), np.float64(0.5), np.int64(1), np.array(0.5)])
+def test_schedule_accepts_every_real_scalar_type(lr):
+    s = Schedule("constant", lr, 10)
+    assert type(s.base_lr) is float and s.lr_at(3) == float(lr)
 
 
 # --- checkpoints --------------------------------------------------------------------------------
@@ -390,3 +401,150 @@ def test_atomic_write_keeps_the_replaced_files_mode(tmp_path):
     os.chmod(path, 0o640)
     atomic_write(str(path), lambda f: f.write("b"), mode="w")
     assert st_mod.S_IMODE(os.stat(path).st_mode) == 0o640 and path.read_text() == "b"
+
+
+# --- settings that would train on NaN -------------------------------------------------------------
+@pytest.mark.parametrize("kw,expect", [
+    (dict(lr=float("inf")), "SGD: lr: expected a finite real number > 0, got inf"),
+    (dict(lr=float("nan")), "SGD: lr: expected a finite real number > 0, got nan"),
+    (dict(lr=0), "SGD: lr: expected a finite real number > 0, got 0"),
+    (dict(lr=True), "SGD: lr: expected a finite real number > 0, got True (a bool)"),
+    (dict(lr="0.1"), "SGD: lr: expected a finite real number > 0, got '0.1' (a str)"),
+    (dict(momentum=float("inf")), "SGD: momentum: expected a finite real number in [0, 1), got inf"),
+    (dict(momentum=-float("inf")), "SGD: momentum: expected a finite real number in [0, 1), got -inf"),
+    (dict(momentum=1.0), "SGD: momentum: expected a finite real number in [0, 1), got 1.0"),
+    (dict(weight_decay=float("nan")), "SGD: weight_decay: expected a finite real number >= 0, got nan"),
+    (dict(weight_decay=float("inf")), "SGD: weight_decay: expected a finite real number >= 0, got inf"),
+    (dict(weight_decay=np.float32("nan")), "SGD: weight_decay: expected a finite real number >= 0, got"),
+])
+def test_sgd_rejects_non_finite_and_non_real_settings(kw, expect):
+    with pytest.raises((ValueError, TypeError)) as e:
+        SGD([Parameter(np.zeros(3, np.float32))], **kw)
+    assert str(e.value).startswith(expect), str(e.value)
+
+
+@pytest.mark.parametrize("lr", [0.1, np.float32(0.1), np.float64(0.1), np.array(0.1), 1, np.int64(1), np.uint8(1)],
+                         ids=lambda v: type(v).__name__)
+def test_sgd_accepts_every_real_scalar_type(lr):
+    opt = SGD([Parameter(np.ones(3, np.float32))], lr=lr, momentum=np.float32(0.5), weight_decay=np.float64(0))
+    assert type(opt.lr) is float and opt.lr == float(lr) and type(opt.momentum) is float
+    opt.params[0].grad[...] = 1.0
+    opt.step()
+    assert np.array_equal(opt.params[0].data, np.ones(3, np.float32) - np.float32(float(lr)))
+
+
+def test_sgd_load_state_dict_names_the_missing_entry():
+    opt = SGD([Parameter(np.zeros(3, np.float32))], lr=0.1, momentum=0.9)
+    state = opt.state_dict()
+    del state["lr"]
+    with pytest.raises(ValueError, match=r"SGD.load_state_dict: missing entry 'lr'"):
+        opt.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"SGD.load_state_dict: lr: expected a finite real number > 0, got inf"):
+        opt.load_state_dict({**opt.state_dict(), "lr": float("inf")})
+
+
+@pytest.mark.parametrize("entry", ["position/global_step", "optimizer/lr", "rng", "config"])
+def test_resume_names_a_missing_checkpoint_entry_and_the_file(small_data, uninterrupted, tmp_path, entry):
+    from minignn.train import Trainer
+    state = load_checkpoint(os.path.join(uninterrupted[0].out, "checkpoint.npz"))
+    *parents, last = entry.split("/")
+    d = state
+    for k in parents:
+        d = d[k]
+    del d[last]
+    path = str(tmp_path / "checkpoint.npz")
+    save_checkpoint(path, state)
+    with pytest.raises(CheckpointError) as e:
+        Trainer.from_checkpoint(path, progress=False, plots=False, dataset=small_data)
+    assert repr(path) in str(e.value) and repr(entry) in str(e.value), str(e.value)
+
+
+def test_config_rejects_non_finite_numbers():
+    for name in ("lr", "momentum", "weight_decay", "label_smoothing", "width"):
+        for bad in (float("nan"), float("inf")):
+            with pytest.raises(ValueError, match=f"^{name}: expected a finite real number"):
+                _config(**{name: bad}).validate()
+    _config(lr=np.float32(0.05), momentum=np.float64(0.9)).validate()  # numpy scalars are numbers too
+
+
+# --- the trainer's library edges -----------------------------------------------------------------
+def test_train_step_trains_in_training_mode_after_evaluate(small_data, tmp_path):
+    from minignn.train import evaluate
+    t = _trainer(_config(pool="max"), tmp_path, small_data)
+    evaluate(t.model, t.test_loader)
+    assert not t.model.training
+    bn = t.model.bn1
+    before = bn.running_mean.copy()
+    x, y = next(t.train_loader.batches(0))
+    t.train_step(x, y)
+    assert all(m.training for m in t.model.modules())
+    assert not np.array_equal(bn.running_mean, before)  # batch statistics, not the running ones
+
+
+def test_models_name_the_layer_that_sees_the_data(small_data, tmp_path):
+    from minignn.models import build_model
+    from minignn.train import _skip_input_grad
+    for name, first in (("tiny", "conv1"), ("vgg11", "conv1"), ("resnet20", "conv")):
+        m = build_model(name, pool="max", width=0.125)
+        assert m.input_layer == first
+        _skip_input_grad(m)
+        convs = [(n, c) for n, c in m.named_modules() if hasattr(c, "needs_input_grad")]
+        assert [n for n, c in convs if not c.needs_input_grad] == [first]
+
+
+def test_a_layer_before_the_first_conv_keeps_its_gradient(small_data, tmp_path, monkeypatch):
+    """A model whose data go through a batch norm before its first convolution: that
+    convolution's input gradient is needed (the batch norm learns from it)."""
+    from minignn.layers import BatchNorm2d, Conv2d, Flatten, GlobalAvgPool2d, Linear
+    from minignn.models import MODELS
+    from minignn.module import Sequential
+
+    def bn_first(pool, num_classes, width, **pool_kw):
+        return Sequential(BatchNorm2d(3), Conv2d(3, 4, 3, padding=1, bias=False), GlobalAvgPool2d(), Flatten(),
+                          Linear(4, num_classes))
+    monkeypatch.setitem(MODELS, "bn-first", bn_first)
+    t = _trainer(_config(model="bn-first", pool="max"), tmp_path, small_data)
+    assert t.model[1].needs_input_grad  # no input_layer declared: every input gradient is kept
+    x, y = next(t.train_loader.batches(0))
+    gamma = t.model[0].weight.data.copy()
+    t.train_step(x, y)
+    assert np.abs(t.model[0].weight.grad).max() > 0 and not np.array_equal(t.model[0].weight.data, gamma)
+    # a model that names its data layer gets that one switched off
+    m = bn_first("max", 4, 1.0)
+    m.input_layer = "0"
+    from minignn.train import _skip_input_grad
+    _skip_input_grad(m)
+    assert m[1].needs_input_grad
+    m.input_layer = "nope"
+    with pytest.raises(ValueError, match="input_layer: expected the name of one of its modules, got 'nope'"):
+        _skip_input_grad(m)
+
+
+def test_run_files_are_standard_json_and_checkpoints_keep_non_finite_values(small_data, tmp_path, monkeypatch):
+    import minignn.train as tr
+    real = tr.evaluate
+
+    def inf_test_loss(*a, **kw):
+        r = real(*a, **kw)
+        r["loss"] = float("inf")  # e.g. a confidently wrong test prediction overflowing
+        return r
+    monkeypatch.setattr(tr, "evaluate", inf_test_loss)
+    t = _trainer(_config(epochs=1, pool="max"), tmp_path, small_data)
+    summary = t.run()
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"not standard JSON: {name}"))
+    rec = strict((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert rec["test_loss"] is None and rec["train_loss"] == t.history[0]["train_loss"]
+    strict((tmp_path / "summary.json").read_text())
+    strict((tmp_path / "config.json").read_text())
+    assert summary["epochs"] == 1
+    with np.load(tmp_path / "checkpoint.npz") as z:
+        strict(z["__meta__"].tobytes().decode("utf-8"))
+    # the checkpoint itself keeps the exact value
+    hist = load_checkpoint(str(tmp_path / "checkpoint.npz"))["history"]
+    assert hist[0]["test_loss"] == float("inf")
+    state = {"a": [float("nan"), float("-inf"), 1.5], "b": np.float32("inf")}
+    save_checkpoint(str(tmp_path / "c.npz"), state)
+    back = load_checkpoint(str(tmp_path / "c.npz"))
+    assert math.isnan(back["a"][0]) and back["a"][1:] == [float("-inf"), 1.5] and back["b"] == float("inf")

@@ -178,7 +178,9 @@ class BatchNorm2d(Module):
     running_mean, running_var : buffers (C,)
         Initialised to 0 and 1; updated in train mode, used in eval mode.
 
-    Shapes: x (N, C, H, W) -> y (N, C, H, W).
+    Shapes: x (N, C, H, W) -> y (N, C, H, W). An empty batch (``N*H*W == 0``, N = 0 say) gives an
+    empty output in either mode, leaves the running statistics alone and adds zero gradients; in
+    train mode any other batch needs ``N*H*W > 1``.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
@@ -199,6 +201,9 @@ class BatchNorm2d(Module):
     def forward(self, x):
         where = "BatchNorm2d.forward"
         check_array(x, "x", ndim=4, where=where, channels=self.num_features, dtype=self.weight.data.dtype)
+        if x.size == 0:  # an empty batch: nothing to normalise, no statistics to learn from
+            self._saved = (x, None, None, self.training)
+            return backend.get_array_module(x).empty_like(x)
         if self.training and x.shape[0] * x.shape[2] * x.shape[3] < 2:
             raise ValueError(f"{where}: x: expected more than 1 value per channel in train mode "
                              f"(N*H*W > 1), got shape {tuple(x.shape)}; use eval() for single values")
@@ -216,6 +221,8 @@ class BatchNorm2d(Module):
     def backward(self, gy):
         x, mean, invstd, training = self._saved_or_raise(self._saved)
         check_grad_output(gy, x.shape, x.dtype, where="BatchNorm2d.backward")
+        if x.size == 0:  # an empty batch: zero parameter gradients, nothing to add
+            return backend.get_array_module(gy).zeros_like(gy)
         gx, ggamma, gbeta = batch_norm2d_backward(gy, x, self.weight.data, mean, invstd, training)
         self.weight.grad += ggamma.astype(self.weight.grad.dtype)
         self.bias.grad += gbeta.astype(self.bias.grad.dtype)

@@ -478,13 +478,15 @@ class GFGPMapping(Module):
         xp = backend.get_array_module(glam)
         geom = s["geom"]
 
-        gz = self._to_rows(glam, geom) * _activation_grad(self.activation, xp, s["z"], s["lam_r"])
+        ag = _activation_grad(self.activation, xp, s["z"], s["lam_r"])
+        gz = self._to_rows(glam, geom) * ag
+        gz[ag == 0] = 0                   # a saturated activation passes nothing, even an infinite glam
         gh = self._linear_backward("V_lam", gz, s["h"], geom)
         if self.prior == "param" and grho is not None:
             self.rho.grad += grho
         elif self.prior == "predicted" and grho is not None:
             if geom is None:
-                gzr = grho.reshape(grho.shape[0], -1)
+                gzr = grho.reshape(grho.shape[0], self.channels * self.K)
             else:
                 gzr = grho.transpose(0, 3, 4, 1, 2).reshape(-1, self.channels * self.K)
             gh = gh + self._linear_backward("V_rho", gzr, s["h"], geom)

@@ -138,6 +138,11 @@ class MaxEntPool2d(Module):
             else:
                 t, stats_saved = local_stats_forward(x, self.stat, self.kernel_size, self.stride, self.padding)
             lam, rho = self.mapping.forward(t)
+            if not bool(xp.isfinite(lam).all()) or (rho is not None and not bool(xp.isfinite(rho).all())):
+                raise ValueError(
+                    f"{where}: x: expected values the GFGP mapping can take in {np.dtype(x.dtype)}, got |x| up to"
+                    f" {float(xp.abs(x).max()):.3g}: its {self.stat!r} statistics (up to {float(xp.abs(t).max()):.3g})"
+                    f" overflow the mapping, so lam{'/rho' if rho is not None else ''} would not be finite")
             self.last_lam = lam
         self.last_rho = None if rho is None else rho.copy()
 

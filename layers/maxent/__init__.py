@@ -21,16 +21,23 @@ Numerics: each window is shifted by its *own* max of lam X + rho before exponent
 authors' CUDA kernel starts the shift at 0 and returns 0/0 = NaN when every lam X of a window is
 below about -104 in float32); Eq. 9 is computed two-pass, Y first and then sum W (X - Y)^2, not
 as E[X^2] - E[X]^2 (which cancels catastrophically for windows like [1000, 1000.03] in float32).
-The kernels also work with the deviations X_q - x0 from a real cell x0 of each window (shifted
-data: exact for close values, and lam x0 cancels in the softmax), so the exponents, Y - x0 and the
-deviations X_q - Y keep full relative precision: dlam for such windows is good to ~3e-7 relative
-in float32 (tests/test_maxent.py derives the bound).
+The kernels also work with the deviations X_q - X_r from the window's largest-logit cell X_r
+(shifted data: exact for close values, and lam X_r cancels in the softmax), so the exponents,
+Y - X_r and the deviations X_q - Y keep full relative precision: dlam for such windows is good to
+~3e-7 relative in float32 (tests/test_maxent.py derives the bound), and an outlier anywhere in a
+window (-1e30 beside [1, 2]) changes only its own weight. Tested to a derived tolerance for finite
+x with |x| <= max(dtype) / 2 (tests/test_maxent_edges.py).
+
+Non-finite x: a cell whose logit lam X is +inf takes the window's weight (+inf with lam > 0 is max
+pooling: y = +inf, its gradient gy, dlam 0), a cell whose logit is -inf gets weight 0, lam = 0 is
+average pooling (y = inf for a window holding +inf), and NaN propagates to every window holding it.
 
 Forms of ``lam`` (and of its gradient): a Python/NumPy scalar (-> a Python float), (C,) (a
 learned per-channel lam: summed over N and positions), (N, C) (GFGP: summed over positions), or
 (N, C, Ho, Wo) (per window). ``rho``: None, (C, K) (summed over N and positions) or (N, C, K)
 (summed over positions). Array ``lam``/``rho`` must have x's dtype (a TypeError otherwise; no
-silent casts); scalar ``lam`` is cast to it. Both must be finite.
+silent casts); scalar ``lam`` is cast to it and must be finite there (1e39 is an error for
+float32 x). Both must be finite.
 
 The forward keeps a reference to x (not a copy) in ``saved``: do not modify x in place between
 forward and backward. The backward recomputes the softmax from x rather than saving it.
@@ -100,7 +107,14 @@ def _normalise_lam(lam, x, Ho, Wo, where):
         v = float(lam)
         if not np.isfinite(v):
             raise ValueError(f"{where}: lam: expected a finite number, got {v!r}")
-        return xp.full((1, 1, 1, 1), v, dtype=x.dtype), "scalar"
+        dt = np.dtype(x.dtype)
+        with np.errstate(over="ignore"):
+            cast = dt.type(v)                  # what the kernels will see: 1e39 is inf in float32
+        if not np.isfinite(cast):
+            limit = float(np.finfo(dt).max)
+            raise ValueError(f"{where}: lam: expected a number representable in x's dtype {dt}"
+                             f" (|lam| <= {limit:.6g}), got {v!r}")
+        return xp.full((1, 1, 1, 1), cast, dtype=x.dtype), "scalar"
     if not hasattr(lam, "shape"):
         raise TypeError(f"{where}: lam: expected a float or an array of shape (C,), (N, C) or (N, C, Ho, Wo),"
                         f" got {type(lam).__name__}")

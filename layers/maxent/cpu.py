@@ -31,12 +31,25 @@ gradient checks, where speed is not the aim). No fastmath: NaN and inf keep thei
 float reductions are not reordered (:func:`_sum_lanes` keeps 16 partial sums in place of a
 vector reduction).
 
-Shifted data: both loops exponentiate z = lam (X_q - x0) + rho_q, with x0 the window's top-left
-real cell, and form Y = x0 + sum_q W_q (X_q - x0) (the constant lam x0 cancels in the softmax).
-For windows of close values (like [1000, 1000.03]) X_q - x0 is exact in float32, so the weights,
-Y - x0 and the backward's deviations X_q - Y = (X_q - x0) - (Y - x0) keep full relative precision;
-with lam X_q directly the exponents and Y lose the bits that float32 spends on the common 1000,
-and dlam for such windows was off by up to 0.75% relative (measured; now below 3e-7).
+Shifted data: both loops first find each window's *shift cell* X_r, the cell with the largest
+logit lam X + rho (the first of ties; a NaN logit never wins), then exponentiate
+z = lam (X_q - X_r) + rho_q (the constant lam X_r cancels in the softmax) and form
+Y = X_r + sum_q W_q (X_q - X_r), the weights normalised before the sum (|Y - X_r| <= max |X_q - X_r|:
+no overflow). The shift cell carries weight >= 1/K of the largest, so an outlier elsewhere in the
+window (-1e30 with lam = 1, whose weight is 0) changes nothing, and for windows of close values
+(like [1000, 1000.03]) X_q - X_r is exact in float32, so the weights, Y - X_r and the backward's
+deviations X_q - Y = (X_q - X_r) - (Y - X_r) keep full relative precision (with lam X_q directly,
+dlam for such windows was off by up to 0.75% relative; shifted, below 3e-7). Shifting by a fixed
+cell (the top-left one, as before) lost everything to an outlier there: [-1e30, -1e30, 1, 2] gave 0.
+The bound tests/test_maxent_edges.py checks to a derived tolerance: finite cells with
+|x| <= max(dtype) / 2, so every difference of two cells of a window is finite.
+
+Non-finite cells (every branch a select, so the loops stay vectorised): a cell whose logit is +inf
+(+inf with lam > 0, -inf with lam < 0) takes the window's weight (shared with equal cells), as max
+(min) pooling does: y is that infinity, its gradient gy, dlam 0; a cell whose logit is -inf gets
+weight 0 and contributes nothing, not 0 * inf (``_kept``); lam = 0 is average pooling whatever the
+values (lam X = 0 even for infinite X: y = inf for a window holding +inf, gx = gy / |window|); a
+NaN cell makes its windows NaN (``exp_nonpos_f32`` keeps NaN).
 
 The backward recomputes the softmax from x rather than saving it: the exps are cheap once
 vectorised, and then nothing but x has to be kept and re-read (the smallest memory traffic).
@@ -82,14 +95,15 @@ _C6 = _F(1.0 / 720)
 _C7 = _F(1.0 / 5040)
 _ONE = _F(1.0)
 _ZERO = _F(0.0)
+_NEG_INF = _F(-np.inf)
 _BIAS = _F(127.0)
 _TWO23 = _F(8388608.0)                 # 2^23: (n + 127) * 2^23 are the bits of 2^n
 
 
 @njit(**_KW)
 def exp_nonpos_f32(v):
-    """exp(v) for a float32 v <= 0 (-inf gives 0); vectorisable when inlined in a loop."""
-    u = v if v > EXP_LO else EXP_LO
+    """exp(v) for a float32 v <= 0 (-inf gives 0, NaN gives NaN); vectorisable when inlined."""
+    u = v if v > EXP_LO else EXP_LO      # NaN -> EXP_LO here, so the integer conversion is defined
     nf = np.floor(u * _LOG2E + _HALF)
     r = (u - nf * _LN2_HI) - nf * _LN2_LO
     p = _C7
@@ -101,7 +115,8 @@ def exp_nonpos_f32(v):
     p = p * r + _ONE
     p = p * r + _ONE
     scale = np.int32((nf + _BIAS) * _TWO23).view(np.float32)
-    return p * scale if v >= EXP_LO else _ZERO
+    res = p * scale if v >= EXP_LO else _ZERO
+    return res if v == v else v          # NaN stays NaN
 
 
 def fexp(v):
@@ -136,8 +151,8 @@ def planes_per_chunk(NC):
 # The common case: 2x2 windows, stride 2, no padding (rho offsets ra rb / rc rd, row-major).
 #
 # A plane is done in blocks of whole output rows, about TILE windows each (the whole plane up to
-# 32x32 outputs): the block's windows are de-interleaved into contiguous scratch (the first cell
-# a, the deviations of the other three from it, lam and gy per window), one loop over the block
+# 32x32 outputs): the block's windows are de-interleaved into contiguous scratch (the four cells,
+# lam and gy per window), one loop over the block (shift cell, deviations and weights per window)
 # does the arithmetic, vectorised exps included, and the results go back to their places. One
 # long loop per block instead of one per output row: rows of a CIFAR net are 16 windows wide or
 # less, too short for the vector loop, so a per-row version is dominated by loop set-up (and
@@ -153,18 +168,17 @@ def rows_per_block(Ho: int, Wo: int) -> int:
 
 
 @njit(inline="always", **_KW)
-def _gather_2x2(x, lam4, n, c, nl, cl, hl, wl, h0, h1, xa, ub, uc, ud, lv):
-    """Windows of output rows [h0, h1) of plane (n, c) into xa (first cell) and ub uc ud (the
-    other three minus it: exact for close values), lam per window into lv; returns their count."""
+def _gather_2x2(x, lam4, n, c, nl, cl, hl, wl, h0, h1, xa, xb, xc, xd, lv):
+    """Windows of output rows [h0, h1) of plane (n, c) into xa xb xc xd (the four cells,
+    row-major), lam per window into lv; returns their count."""
     Wo = (x.shape[3]) // 2
     i = 0
     for ho in range(h0, h1):
         for wo in range(Wo):
-            a = x[n, c, 2 * ho, 2 * wo]
-            xa[i] = a
-            ub[i] = x[n, c, 2 * ho, 2 * wo + 1] - a
-            uc[i] = x[n, c, 2 * ho + 1, 2 * wo] - a
-            ud[i] = x[n, c, 2 * ho + 1, 2 * wo + 1] - a
+            xa[i] = x[n, c, 2 * ho, 2 * wo]
+            xb[i] = x[n, c, 2 * ho, 2 * wo + 1]
+            xc[i] = x[n, c, 2 * ho + 1, 2 * wo]
+            xd[i] = x[n, c, 2 * ho + 1, 2 * wo + 1]
             i += 1
     if hl or wl:
         i = 0
@@ -199,8 +213,95 @@ def _sum_lanes(a, L, lanes):
     return s
 
 
+# ---------------------------------------------------------------------------------------------
+# One window's arithmetic, shared by both paths (scalar helpers, inlined into the vector loops;
+# every branch is a select).
+# ---------------------------------------------------------------------------------------------
 @njit(inline="always", **_KW)
-def _fwd_plane_2x2(x, lam4, rho3, n, c, rb, yf, xa, ub, uc, ud, lv):
+def _pick(best, xr, v, lam, r):
+    """One step of the shift-cell search: (best, xr) <- (lam v + r, v) when that logit is larger
+    (strictly: the first of ties is kept, and a NaN logit never wins)."""
+    k = lam * v + r
+    return (k, v) if k > best else (best, xr)
+
+
+# The selects below handle non-finite cells (``careful=True``); with ``careful=False`` each is the
+# plain arithmetic, which is right (the same numbers, up to the rounding of one sum) on every
+# window whose cells, differences and sums are finite, and otherwise gives NaN or inf, so the 2x2
+# loops run the plain version and redo just the windows whose result is not finite carefully.
+# ``careful`` is a constant at every call site, so the compiler keeps one branch.
+@njit(inline="always", **_KW)
+def _dev(v, xr, careful):
+    """v - xr, the deviation from the shift cell: 0 for a cell equal to it (also inf == inf)."""
+    if careful:
+        return v - xr if v != xr else _ZERO
+    return v - xr
+
+
+@njit(inline="always", **_KW)
+def _logit(lam, d, r, careful):
+    """lam d + rho, with lam d = 0 when lam = 0 (also for an infinite d: average pooling)."""
+    if careful:
+        return (lam * d if lam != _ZERO else _ZERO) + r
+    return lam * d + r
+
+
+@njit(inline="always", **_KW)
+def _weight(z, m, careful):
+    """exp(z - m) for the window's max logit m; 1 at the max itself (also when m = +inf)."""
+    if careful:
+        return _ONE if z == m else fexp(z - m)
+    return fexp(z - m)
+
+
+@njit(inline="always", **_KW)
+def _times(e, v, careful):
+    """e v, but 0 for a cell of weight 0 (whose v may be infinite)."""
+    if careful:
+        return e * v if e != _ZERO else _ZERO
+    return e * v
+
+
+@njit(inline="always", **_KW)
+def _kept(e, v, careful):
+    """v for a cell of weight e > 0, 0 for a cell of weight 0 (whose v may be infinite or NaN)."""
+    if careful:
+        return v if e != _ZERO else _ZERO
+    return v
+
+
+@njit(inline="always", **_KW)
+def _window_2x2(a, b, c, d, lam, ra, rb, rc, rd, careful):
+    """One 2x2 window: (xr, da, db, dc, dd, ea, eb, ec, ed, inv, t) with xr the shift cell,
+    d_q = X_q - xr, e_q the unnormalised weights, inv the reciprocal of their sum and
+    t = Y - xr = sum_q (e_q inv) d_q (normalised before the sum: |t| <= max |d_q|, no overflow)."""
+    if careful:
+        best, xr = _pick(_NEG_INF, a, a, lam, ra)
+        best, xr = _pick(best, xr, b, lam, rb)
+        best, xr = _pick(best, xr, c, lam, rc)
+        best, xr = _pick(best, xr, d, lam, rd)
+    else:                            # the same cell for finite logits, in fewer operations
+        ka, kb, kc, kd = lam * a + ra, lam * b + rb, lam * c + rc, lam * d + rd
+        k = _fmax(_fmax(ka, kb), _fmax(kc, kd))
+        xr = c if kc == k else d
+        xr = b if kb == k else xr
+        xr = a if ka == k else xr
+    da, db, dc, dd = _dev(a, xr, careful), _dev(b, xr, careful), _dev(c, xr, careful), _dev(d, xr, careful)
+    za, zb = _logit(lam, da, ra, careful), _logit(lam, db, rb, careful)
+    zc, zd = _logit(lam, dc, rc, careful), _logit(lam, dd, rd, careful)
+    m = _fmax(_fmax(za, zb), _fmax(zc, zd))
+    ea, eb, ec, ed = _weight(za, m, careful), _weight(zb, m, careful), _weight(zc, m, careful), _weight(zd, m, careful)
+    inv = _ONE / (ea + eb + ec + ed)
+    if careful:                      # normalised before the sum: no overflow for |x| <= max / 2
+        t = ((_times(ea, da, True) * inv + _times(eb, db, True) * inv)
+             + (_times(ec, dc, True) * inv + _times(ed, dd, True) * inv))
+    else:                            # one product (a sum that overflows is redone carefully)
+        t = ((ea * da + eb * db) + (ec * dc + ed * dd)) * inv
+    return xr, da, db, dc, dd, ea, eb, ec, ed, inv, t
+
+
+@njit(inline="always", **_KW)
+def _fwd_plane_2x2(x, lam4, rho3, n, c, rb, yf, xa, xb, xc, xd, lv):
     C = x.shape[1]
     Ho, Wo = x.shape[2] // 2, x.shape[3] // 2
     nl, cl = param_plane(lam4, n, c)
@@ -209,20 +310,47 @@ def _fwd_plane_2x2(x, lam4, rho3, n, c, rb, yf, xa, ub, uc, ud, lv):
     ra, rb_, rc, rd = rho3[nr, cr, 0], rho3[nr, cr, 1], rho3[nr, cr, 2], rho3[nr, cr, 3]
     for h0 in range(0, Ho, rb):
         h1 = min(Ho, h0 + rb)
-        L = _gather_2x2(x, lam4, n, c, nl, cl, hl, wl, h0, h1, xa, ub, uc, ud, lv)
+        L = _gather_2x2(x, lam4, n, c, nl, cl, hl, wl, h0, h1, xa, xb, xc, xd, lv)
         base = ((n * C + c) * Ho + h0) * Wo          # y is C-contiguous: the block's outputs in a run
-        for i in range(L):
-            a, lam = xa[i], lv[i]
-            b, d, e = ub[i], uc[i], ud[i]
-            za, zb, zc, zd = ra, lam * b + rb_, lam * d + rc, lam * e + rd
-            m = _fmax(_fmax(za, zb), _fmax(zc, zd))     # each window's own max: no overflow
-            ea, eb, ec, ed = fexp(za - m), fexp(zb - m), fexp(zc - m), fexp(zd - m)
-            yf[base + i] = a + (eb * b + ec * d + ed * e) / (ea + eb + ec + ed)
+        for i in range(L):               # plain arithmetic, vectorised
+            xr, da, db, dc, dd, ea, eb, ec, ed, inv, t = _window_2x2(xa[i], xb[i], xc[i], xd[i], lv[i],
+                                                                     ra, rb_, rc, rd, False)
+            yf[base + i] = xr + t
+        for i in range(L):               # a non-finite result: that window again, carefully
+            v = yf[base + i]
+            if v - v != _ZERO:
+                xr, da, db, dc, dd, ea, eb, ec, ed, inv, t = _window_2x2(xa[i], xb[i], xc[i], xd[i], lv[i],
+                                                                         ra, rb_, rc, rd, True)
+                yf[base + i] = xr + t
+
+
+@njit(inline="always", **_KW)
+def _bwd_window_2x2(i, xa, xb, xc, xd, lv, gv, gl, pa_, pb_, pc_, pd_, tv, ra, rb, rc, rd, careful):
+    """Window i of a block: its cells' gradients into xa..xd (in place of the cells), gy W_q (X_q - Y)
+    into pa_..pd_ (for grho), the window's dlam into gl and t = Y - X_r into tv."""
+    lam = lv[i]
+    xr, da, db, dc, dd, ea, eb, ec, ed, inv, t = _window_2x2(xa[i], xb[i], xc[i], xd[i], lam, ra, rb, rc, rd, careful)
+    g = gv[i] * inv
+    wa, wb, wc, wd = ea * g, eb * g, ec * g, ed * g           # gy * W_q
+    da, db, dc, dd = da - t, db - t, dc - t, dd - t           # X_q - Y (two-pass, shifted)
+    pa, pb = _kept(ea, wa * da, careful), _kept(eb, wb * db, careful)      # gy W_q (X_q - Y): Eq. 10
+    pc, pd = _kept(ec, wc * dc, careful), _kept(ed, wd * dd, careful)
+    gl[i] = ((_kept(ea, pa * da, careful) + _kept(eb, pb * db, careful))   # their sum times X_q - Y:
+             + (_kept(ec, pc * dc, careful) + _kept(ed, pd * dd, careful)))  # Eq. 9
+    pa_[i] = pa
+    pb_[i] = pb
+    pc_[i] = pc
+    pd_[i] = pd
+    tv[i] = t
+    xa[i] = wa + _logit(lam, pa, _ZERO, careful)             # Eq. 8, into spent scratch
+    xb[i] = wb + _logit(lam, pb, _ZERO, careful)
+    xc[i] = wc + _logit(lam, pc, _ZERO, careful)
+    xd[i] = wd + _logit(lam, pd, _ZERO, careful)
 
 
 @njit(inline="always", **_KW)
 def _bwd_plane_2x2(x, lam4, rho3, gy, n, c, rb, want_grho, gx, glam, grho,
-                   xa, ub, uc, ud, lv, gv, gl, pa_, pb_, pc_, pd_, lanes):
+                   xa, xb, xc, xd, lv, gv, gl, pa_, pb_, pc_, pd_, tv, lanes):
     H, W = x.shape[2], x.shape[3]
     Ho, Wo = H // 2, W // 2
     nl, cl = param_plane(lam4, n, c)
@@ -234,39 +362,27 @@ def _bwd_plane_2x2(x, lam4, rho3, gy, n, c, rb, want_grho, gx, glam, grho,
     s_a, s_b, s_c, s_d = s_l, s_l, s_l, s_l
     for h0 in range(0, Ho, rb):
         h1 = min(Ho, h0 + rb)
-        L = _gather_2x2(x, lam4, n, c, nl, cl, hl, wl, h0, h1, xa, ub, uc, ud, lv)
+        L = _gather_2x2(x, lam4, n, c, nl, cl, hl, wl, h0, h1, xa, xb, xc, xd, lv)
         i = 0
         for ho in range(h0, h1):
             for wo in range(Wo):
                 gv[i] = gy[n, c, ho, wo]
                 i += 1
-        for i in range(L):
-            lam, b, d, e = lv[i], ub[i], uc[i], ud[i]
-            za, zb, zc, zd = ra, lam * b + rb_, lam * d + rc, lam * e + rd
-            m = _fmax(_fmax(za, zb), _fmax(zc, zd))
-            ea, eb, ec, ed = fexp(za - m), fexp(zb - m), fexp(zc - m), fexp(zd - m)
-            inv = _ONE / (ea + eb + ec + ed)
-            t = (eb * b + ec * d + ed * e) * inv                     # Y - a
-            g = gv[i] * inv
-            ea, eb, ec, ed = ea * g, eb * g, ec * g, ed * g           # gy * W_q
-            da, db, dc, dd = -t, b - t, d - t, e - t                   # X_q - Y (two-pass, shifted)
-            pa, pb, pc, pd = ea * da, eb * db, ec * dc, ed * dd        # gy W_q (X_q - Y): Eq. 10
-            gl[i] = pa * da + pb * db + pc * dc + pd * dd              # Eq. 9
-            pa_[i] = pa
-            pb_[i] = pb
-            pc_[i] = pc
-            pd_[i] = pd
-            xa[i] = ea + lam * pa                                      # Eq. 8, into spent scratch
-            ub[i] = eb + lam * pb
-            uc[i] = ec + lam * pc
-            ud[i] = ed + lam * pd
+        for i in range(L):               # plain arithmetic, vectorised
+            _bwd_window_2x2(i, xa, xb, xc, xd, lv, gv, gl, pa_, pb_, pc_, pd_, tv, ra, rb_, rc, rd, False)
+        for i in range(L):               # a window with a non-finite t: its cells again, carefully
+            if tv[i] - tv[i] != _ZERO:
+                ho, wo = h0 + i // Wo, i % Wo
+                xa[i], xb[i] = x[n, c, 2 * ho, 2 * wo], x[n, c, 2 * ho, 2 * wo + 1]
+                xc[i], xd[i] = x[n, c, 2 * ho + 1, 2 * wo], x[n, c, 2 * ho + 1, 2 * wo + 1]
+                _bwd_window_2x2(i, xa, xb, xc, xd, lv, gv, gl, pa_, pb_, pc_, pd_, tv, ra, rb_, rc, rd, True)
         i = 0
         for ho in range(h0, h1):
             for wo in range(Wo):
                 gx[n, c, 2 * ho, 2 * wo] = xa[i]
-                gx[n, c, 2 * ho, 2 * wo + 1] = ub[i]
-                gx[n, c, 2 * ho + 1, 2 * wo] = uc[i]
-                gx[n, c, 2 * ho + 1, 2 * wo + 1] = ud[i]
+                gx[n, c, 2 * ho, 2 * wo + 1] = xb[i]
+                gx[n, c, 2 * ho + 1, 2 * wo] = xc[i]
+                gx[n, c, 2 * ho + 1, 2 * wo + 1] = xd[i]
                 i += 1
         if hl or wl:                     # lam per position: its gradient per position
             i = 0
@@ -302,33 +418,40 @@ def _bwd_plane_2x2(x, lam4, rho3, gy, n, c, rb, want_grho, gx, glam, grho,
 # ---------------------------------------------------------------------------------------------
 @njit(**_KW)
 def _softmax_plane_generic(x, lam4, rho3, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, x0, xs, e, lamp, s, y):
-    """For plane (n, c): x0 (P,) each window's top-left real cell, xs (K, P) the window values
-    shifted by it, X_q - x0 (0 at padded cells), lamp (P,) lam per window, e (K, P) the
-    unnormalised weights exp(z - max z) with z = lam (X_q - x0) + rho_q (0 at padded cells), s (P,)
-    their sums and y (P,) the shifted outputs Y - x0 = sum_q e (X_q - x0) / s.
+    """For plane (n, c): x0 (P,) each window's shift cell X_r, xs (K, P) the deviations
+    X_q - X_r (0 at padded cells), lamp (P,) lam per window, e (K, P) the unnormalised weights
+    exp(z - max z) with z = lam (X_q - X_r) + rho_q (0 at padded cells), s (P,) their sums and y (P,)
+    the shifted outputs Y - X_r = sum_q e (X_q - X_r) / s.
 
-    The window template's scratch (:func:`~minignn.layers._window.gather_plane`) with the
-    max-entropy logits added to its log-mask: shifting by a cell of the window changes no weight
-    (lam x0 cancels in the softmax), and for windows of close values (like [1000, 1000.03])
-    X_q - x0 is exact, so z, Y - x0 and the deviations X_q - Y of the backward keep full relative
-    precision."""
+    The window template's scratch (:func:`~minignn.layers._window.gather_plane`: the values and a
+    log-mask, -inf at padding) with the max-entropy logits added to the mask. The shift cell is
+    the window's largest logit lam X + rho (so it carries weight; see the module docstring)."""
     gather_plane(x, n, c, kh, kw, sh, sw, ph, pw, Ho, Wo, x0, xs, e)
     nl, cl = param_plane(lam4, n, c)
     hl, wl = param_steps(lam4)
+    P = Ho * Wo
     for ho in range(Ho):
         for wo in range(Wo):
             lamp[ho * Wo + wo] = lam4[nl, cl, ho * hl, wo * wl]
     nr, cr = param_plane(rho3, n, c)
-    for q in range(kh * kw):              # the logits: z = lam (X_q - x0) + rho_q, -inf at padding
+    for p in range(P):                    # the shift cell: x0 starts at the first real cell
+        s[p] = _NEG_INF
+    for q in range(kh * kw):
         rq = rho3[nr, cr, q]
-        for p in range(Ho * Wo):
-            e[q, p] += lamp[p] * xs[q, p] + rq
+        for p in range(P):                # padded cells: logit -inf (the mask), never picked
+            s[p], x0[p] = _pick(s[p], x0[p], xs[q, p], lamp[p], rq + e[q, p])
+    for q in range(kh * kw):              # the logits: z = lam (X_q - X_r) + rho_q, -inf at padding
+        rq = rho3[nr, cr, q]
+        for p in range(P):
+            d = _dev(xs[q, p], x0[p], True) if e[q, p] == _ZERO else _ZERO
+            xs[q, p] = d
+            e[q, p] += _logit(lamp[p], d, rq, True)
     _softmax_mean(e, xs, s, y)
 
 
 @njit(**_KW)
 def _softmax_mean(e, xs, s, y):
-    """Logits e (K, P) -> e = exp(e - max_q e) in place, s = sum_q e, y = sum_q e xs / s: the
+    """Logits e (K, P) -> e = exp(e - max_q e) in place, s = sum_q e, y = sum_q (e / s) xs: the
     softmax-weighted mean of every window (every window holds a real cell: padding < kernel)."""
     K, P = e.shape
     for p in range(P):
@@ -338,16 +461,17 @@ def _softmax_mean(e, xs, s, y):
             s[p] = _fmax(s[p], e[q, p])
     for q in range(K):
         for p in range(P):
-            e[q, p] = fexp(e[q, p] - s[p])
+            e[q, p] = _weight(e[q, p], s[p], True)
     for p in range(P):
         s[p] = e[0, p]
-        y[p] = e[0, p] * xs[0, p]
     for q in range(1, K):
         for p in range(P):
             s[p] += e[q, p]
-            y[p] += e[q, p] * xs[q, p]
-    for p in range(P):
-        y[p] = y[p] / s[p]
+    for p in range(P):                    # normalised before the sum: |y| <= max |xs|, no overflow
+        y[p] = _times(e[0, p], xs[0, p], True) / s[p]
+    for q in range(1, K):
+        for p in range(P):
+            y[p] += _times(e[q, p], xs[q, p], True) / s[p]
 
 
 @njit(**_KW)
@@ -373,11 +497,12 @@ def _bwd_plane_generic(x, lam4, rho3, gy, n, c, kh, kw, sh, sw, ph, pw, want_grh
     gl[:] = 0
     for q in range(K):
         for p in range(P):
-            a = e[q, p] * s[p]           # gy * W_q
-            dv = xs[q, p] - yp[p]        # X_q - Y = (X_q - x0) - (Y - x0)  (two-pass, shifted)
-            ad = a * dv
-            gl[p] += ad * dv             # gy * W_q (X_q - Y)^2            (Eq. 9)
-            e[q, p] = a + ad * lamp[p]   # gy * W_q (1 + lam (X_q - Y))    (Eq. 8)
+            w = e[q, p]
+            a = w * s[p]                 # gy * W_q
+            dv = xs[q, p] - yp[p]        # X_q - Y = (X_q - X_r) - (Y - X_r)  (two-pass, shifted)
+            ad = _kept(w, a * dv, True)
+            gl[p] += _kept(w, ad * dv, True)   # gy * W_q (X_q - Y)^2            (Eq. 9)
+            e[q, p] = a + _logit(lamp[p], ad, _ZERO, True)   # gy * W_q (1 + lam (X_q - Y))  (Eq. 8)
             xs[q, p] = ad                # gy * W_q (X_q - Y)              (Eq. 10)
     if want_grho:
         for q in range(K):
@@ -468,12 +593,12 @@ def maxent_pool2d_bwd_cpu(x, lam4, rho3, gy, kh, kw, sh, sw, ph, pw, per, rb, wa
         lo, hi = chunk * per, min((chunk + 1) * per, N * C)   # this iteration's planes
         if fast:
             L = rb * Wo
-            sc = np.empty((11, L), dtype=x.dtype)
+            sc = np.empty((12, L), dtype=x.dtype)
             lanes = np.empty(LANES, dtype=x.dtype)
             for nc in range(lo, hi):
                 _bwd_plane_2x2(x, lam4, rho3, gy, nc // C, nc % C, rb, want_grho, gx, glam, grho,
                                sc[0], sc[1], sc[2], sc[3], sc[4], sc[5], sc[6], sc[7], sc[8], sc[9],
-                               sc[10], lanes)
+                               sc[10], sc[11], lanes)
         else:
             x0 = np.empty(P, dtype=x.dtype)
             xs = np.empty((K, P), dtype=x.dtype)

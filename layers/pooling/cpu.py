@@ -39,7 +39,8 @@ def _max_plane(x, n, c, kh, kw, sh, sw, ph, pw, y, arg):
     outputs is a loop the compiler can vectorise, which a window-by-window loop with a branch per
     cell is not (timings: ``benchmarks/results/kernel-history.md``).
     ``arg < 0`` marks "no real cell seen yet": the first real cell always enters, later ones
-    when larger (the first maximum stays) or NaN (it propagates)."""
+    when larger (the first maximum stays) or NaN while no NaN has entered yet (the first NaN
+    wins and propagates, as for every max-like kernel of the project)."""
     h_in, w_in = x.shape[2], x.shape[3]
     h_out, w_out = y.shape[2], y.shape[3]
     for oh in range(h_out):
@@ -57,7 +58,7 @@ def _max_plane(x, n, c, kh, kw, sh, sw, ph, pw, y, arg):
                     v = x[n, c, r, ow * sw + dj - pw]
                     b = y[n, c, oh, ow]
                     a = arg[n, c, oh, ow]
-                    take = (v > b) | (v != v) | (a < 0)
+                    take = (v > b) | ((v != v) & (b == b)) | (a < 0)
                     y[n, c, oh, ow] = v if take else b
                     arg[n, c, oh, ow] = q if take else a
 
@@ -71,15 +72,15 @@ def _max_plane_2x2(x, n, c, y, arg):
             best = x[n, c, h0, w0]
             bi = 0
             v = x[n, c, h0, w0 + 1]
-            if (v > best) | (v != v):
+            if (v > best) | ((v != v) & (best == best)):
                 best = v
                 bi = 1
             v = x[n, c, h0 + 1, w0]
-            if (v > best) | (v != v):
+            if (v > best) | ((v != v) & (best == best)):
                 best = v
                 bi = 2
             v = x[n, c, h0 + 1, w0 + 1]
-            if (v > best) | (v != v):
+            if (v > best) | ((v != v) & (best == best)):
                 best = v
                 bi = 3
             y[n, c, oh, ow] = best
@@ -89,7 +90,7 @@ def _max_plane_2x2(x, n, c, y, arg):
 @pjit
 def maxpool2d_fwd_cpu(x, kh, kw, sh, sw, ph, pw, y, arg):
     """y[n, c, oh, ow] = max of the window's real cells; arg = offset ``di*kw + dj`` of the first
-    maximum in row-major window order (a NaN wins and propagates, as in PyTorch)."""
+    maximum in row-major window order (a NaN wins and propagates: the first NaN of the window)."""
     n_ch = x.shape[1]
     fast = is_2x2(kh, kw, sh, sw, ph, pw)
     for plane in prange(x.shape[0] * n_ch):

@@ -43,7 +43,8 @@ def load_dataset(name: str, data_dir=None, download: bool = True, *, check_count
     download : bool
         Download a CIFAR archive that is not in the data root (never needed for synthetic).
     check_counts : bool
-        CIFAR only: require the canonical 50000/10000 images (False: any consistent smaller copy).
+        CIFAR only: require the canonical 50000/10000 images (False: any consistent smaller copy;
+        ``minignn train --allow-partial-data`` on the command line).
     progress : bool
         Progress bar while downloading.
     **synthetic_options

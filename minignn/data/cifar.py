@@ -21,7 +21,7 @@ root (no absolute paths, ``..``, links or devices); it is unpacked into a tempor
 the root and moved into place in one rename, so a half-extracted folder never looks complete.
 
 Files are read with a restricted unpickler that only rebuilds NumPy arrays, so a tampered batch
-file cannot run code. Every file is validated (keys, array size, label count and range); a
+file cannot run code. Every file is validated (keys, array size, label type, count and range); a
 problem raises :class:`CorruptDataError` naming the file and what is wrong.
 """
 from __future__ import annotations
@@ -332,6 +332,10 @@ def _unpickle(path: Path):
 def read_batch(path, spec: CifarSpec) -> tuple[np.ndarray, np.ndarray]:
     """Read and validate one batch file.
 
+    The labels must be integers in ``0..num_classes - 1`` (a float copy holding whole numbers is
+    accepted); 2.7, NaN, bools, strings or None raise :class:`CorruptDataError` naming the file,
+    the first bad label and its index.
+
     Returns
     -------
     x : np.ndarray, uint8, shape (n, 3, 32, 32)
@@ -348,17 +352,29 @@ def read_batch(path, spec: CifarSpec) -> tuple[np.ndarray, np.ndarray]:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise CorruptDataError(f"{path}: b'data' has the wrong size: expected a uint8 array (n, {size}),"
                                f" got {got}")
+    key, top = spec.label_key, spec.num_classes - 1
     try:
-        y = np.asarray(labels, dtype=np.int64)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise CorruptDataError(f"{path}: {spec.label_key!r} is not a list of integers ({e})") from e
-    if y.ndim != 1 or y.shape[0] != data.shape[0]:
-        raise CorruptDataError(f"{path}: label count mismatch: {data.shape[0]} images but {y.shape} labels"
-                               f" in {spec.label_key!r}")
-    if y.size and (y.min() < 0 or y.max() >= spec.num_classes):
-        raise CorruptDataError(f"{path}: labels out of range: expected 0..{spec.num_classes - 1}, got"
-                               f" {y.min()}..{y.max()}")
-    return data.reshape((-1,) + tuple(spec.image_shape)), y
+        raw = np.asarray(labels)
+    except (TypeError, ValueError) as e:  # ragged lists
+        raise CorruptDataError(f"{path}: {key!r} is not a list of integers ({e})") from e
+    if raw.dtype.kind not in "iuf":  # bool, str, bytes, object (None, mixed types) ...
+        raise CorruptDataError(f"{path}: {key!r} is not a list of integers: expected integer labels 0..{top},"
+                               f" got {raw.dtype} values")
+    if raw.ndim != 1 or raw.shape[0] != data.shape[0]:
+        raise CorruptDataError(f"{path}: label count mismatch: {data.shape[0]} images but {raw.shape} labels"
+                               f" in {key!r}")
+    if raw.dtype.kind == "f":  # a float copy is fine as long as every value is a whole number
+        bad = np.flatnonzero(~np.isfinite(raw) | (raw != np.round(raw)))
+        if bad.size:
+            i = int(bad[0])
+            raise CorruptDataError(f"{path}: non-integer labels in {key!r}: expected integers 0..{top}, got"
+                                   f" {raw[i].item()!r} at index {i} ({bad.size} of {raw.size} labels are not"
+                                   f" integers)")
+    if raw.size and (raw.min() < 0 or raw.max() > top):
+        i = int(np.flatnonzero((raw < 0) | (raw > top))[0])
+        raise CorruptDataError(f"{path}: labels out of range in {key!r}: expected 0..{top}, got"
+                               f" {raw.min():g}..{raw.max():g} (first bad: {raw[i]:g} at index {i})")
+    return data.reshape((-1,) + tuple(spec.image_shape)), raw.astype(np.int64)
 
 
 def read_meta(path, spec: CifarSpec) -> tuple:
@@ -393,7 +409,8 @@ def load_cifar(name: str, data_dir=None, download: bool = True, check_counts: bo
         Download the archive when it is not in the data root.
     check_counts : bool
         Require the canonical 50000 training and 10000 test images. ``False`` accepts any
-        consistent files in the canonical layout (smaller copies, the tests' fixtures).
+        consistent files in the canonical layout (smaller copies, the tests' fixtures); on the
+        command line it is ``minignn train --allow-partial-data``.
     progress : bool
         Show a progress bar while downloading.
 
@@ -411,7 +428,8 @@ def load_cifar(name: str, data_dir=None, download: bool = True, check_counts: bo
     if check_counts and (len(y_train), len(y_test)) != (spec.n_train, spec.n_test):
         raise CorruptDataError(
             f"{folder}: expected the canonical {spec.title} with {spec.n_train} training and {spec.n_test} test"
-            f" images, got {len(y_train)} and {len(y_test)}; pass check_counts=False to load a smaller copy")
+            f" images, got {len(y_train)} and {len(y_test)}; to load a smaller copy, pass check_counts=False"
+            f" (load_dataset / load_cifar) or --allow-partial-data (minignn train)")
     if len(y_train) == 0:
         raise CorruptDataError(f"{folder}: the training files hold no images")
     mean, std = channel_stats(x_train)
