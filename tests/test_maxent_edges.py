@@ -167,7 +167,8 @@ def check_against(name, got, ref, tol, dtype):
 def test_outliers_anywhere_in_a_window_match_the_extended_precision_reference(data, dtype):
     x, lam, rho, lam4, rho3, gy, (k, s, p) = draw_case(data, dtype)
     y, saved = maxent_pool2d_forward(x, lam, rho, k, s, p)
-    gx, glam, grho = maxent_pool2d_backward(gy, saved)
+    with np.errstate(invalid="ignore"):   # a glam beyond the dtype's range: +-inf terms may meet in its sum
+        gx, glam, grho = maxent_pool2d_backward(gy, saved)
     ref, tol = reference_and_bounds(x, lam4, rho3, gy, k, s, p)
     check_against("y", y, ref["y"], tol["y"], dtype)
     check_against("gx", gx, ref["gx"], tol["gx"], dtype)
