@@ -195,6 +195,17 @@ def test_the_reported_outlier_cases(dtype):
     assert f([-1e5, 1, 2, 3], 1.0) == pytest.approx(exact([1, 2, 3], 1.0), rel=tol)
     assert f([-3e38, 0, 1, 2], 1.0) == pytest.approx(exact([0, 1, 2], 1.0), rel=tol)
     assert f([-1e30] + list(range(1, 9)), 1.0, 3, 1, (3, 3)) == pytest.approx(exact(list(range(1, 9)), 1.0), rel=tol)
+    # lam = 0 (average pooling) on [-1e30, -1e30, 1, 2]: dlam is the window's variance, 2.5e59 (it was
+    # NaN): right in float64, and in float32, where it is beyond the range, +inf (an overflow, not NaN)
+    x = np.array([-1e30, -1e30, 1, 2], dtype).reshape(1, 1, 2, 2)
+    y, saved = maxent_pool2d_forward(x, 0.0)
+    glam = maxent_pool2d_backward(np.ones_like(y), saved)[1]
+    var = float(np.var(np.array([-1e30, -1e30, 1, 2], LD)))
+    assert y.item() == pytest.approx(-5e29, rel=tol)
+    if dtype == np.float64:
+        assert glam == pytest.approx(var, rel=tol)
+    else:
+        assert glam == np.inf
     # close values keep the precision that shifting was for
     v = np.array([1000, 1000.03, 1000, 1000.03], dtype)
     assert f(v, 1.0) == pytest.approx(exact(v.astype(LD), 1.0), rel=4 * unit(dtype))
