@@ -479,9 +479,7 @@ class Trainer:
         }
 
     def _restore(self, s: dict):
-        src = self._source or "the checkpoint"
-        for key in _RESUME_ENTRIES:
-            _entry(s, key, src)
+        src = self._source or "the checkpoint"   # its entries were checked by from_checkpoint
         pos = s["position"]
         if pos["steps_per_epoch"] != self.steps_per_epoch:
             raise ValueError(f"resume: the checkpoint has {pos['steps_per_epoch']} steps per epoch but the data now"

@@ -1,9 +1,13 @@
 """Helpers shared by the tests (importable as ``from helpers import ...``)."""
+import pickle
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 
 from minignn import backend
+from minignn.data import cifar
 from minignn.ops import OPS
 
 #: for @given tests that take the ``device`` fixture (a plain string, safe to reuse across examples)
@@ -54,3 +58,34 @@ def require(device, *ops):
     missing = [m for name in ops for m in OPS[name].missing(device)]
     if missing:
         pytest.skip(f"{', '.join(ops)}: no {device.upper()} kernel yet for {', '.join(dict.fromkeys(missing))}")
+
+
+# ---------------------------------------------------------------- CIFAR files written by tests
+def pickle_dump(path, obj, protocol=2):
+    """Write ``obj`` as a pickle, protocol 2 as the CIFAR files are."""
+    with open(path, "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+
+
+def write_cifar10(root, sizes=(7, 5, 6, 4, 3), n_test=9, seed=0):
+    """A small CIFAR-10 folder in the canonical layout under ``root`` (25 training and 9 test images
+    by default); returns (x_train rows, y_train, x_test rows, y_test)."""
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / cifar.SPECS["cifar10"].folder
+    folder.mkdir(parents=True)
+    xs, ys = [], []
+    for b, n in enumerate(sizes, 1):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, n)]
+        pickle_dump(folder / f"data_batch_{b}", {b"batch_label": f"training batch {b} of 5".encode(), b"labels": labels,
+                                                 b"data": data,
+                                                 b"filenames": [f"img_{b}_{i}.png".encode() for i in range(n)]})
+        xs.append(data)
+        ys += labels
+    xt = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
+    yt = [int(v) for v in rng.integers(0, 10, n_test)]
+    pickle_dump(folder / "test_batch", {b"batch_label": b"testing batch 1 of 1", b"labels": yt, b"data": xt,
+                                        b"filenames": [f"t_{i}.png".encode() for i in range(n_test)]})
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    pickle_dump(folder / "batches.meta", {b"num_cases_per_batch": 10000, b"label_names": names, b"num_vis": 3072})
+    return np.concatenate(xs), np.array(ys), xt, np.array(yt)

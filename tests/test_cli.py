@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import write_cifar10
 
 from minignn import backend
 from minignn.cli import main
@@ -135,31 +136,8 @@ def test_non_finite_numbers_are_rejected_naming_the_flag(flag, value, expect, ca
     assert not (tmp_path / "run").exists()
 
 
-def _write_small_cifar10(root, sizes=(7, 5, 6, 4, 3), n_test=9, seed=0):
-    """A small CIFAR-10 folder in the canonical layout (as tests/test_data.py writes it)."""
-    import pickle
-    from pathlib import Path
-    rng = np.random.default_rng(seed)
-    folder = Path(root) / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-
-    def dump(name, obj):
-        with open(folder / name, "wb") as f:
-            pickle.dump(obj, f, protocol=2)
-    for b, n in enumerate(sizes, 1):
-        dump(f"data_batch_{b}", {b"batch_label": f"training batch {b} of 5".encode(),
-                                 b"labels": [int(v) for v in rng.integers(0, 10, n)],
-                                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                                 b"filenames": [f"img_{b}_{i}.png".encode() for i in range(n)]})
-    dump("test_batch", {b"batch_label": b"testing batch 1 of 1", b"labels": [int(v) for v in rng.integers(0, 10, n_test)],
-                        b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
-                        b"filenames": [f"t_{i}.png".encode() for i in range(n_test)]})
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    dump("batches.meta", {b"num_cases_per_batch": 10000, b"label_names": names, b"num_vis": 3072})
-
-
 def test_allow_partial_data_trains_and_evaluates_on_a_smaller_cifar_copy(tmp_path, capsys):
-    _write_small_cifar10(tmp_path / "data")
+    write_cifar10(tmp_path / "data")
     base = ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--no-download", "--pool", "max",
             "--epochs", "1", "--batch-size", "16", "--width", "0.25", "--no-progress", "--no-plots"]
     assert main([*base, "--out", str(tmp_path / "strict")]) == 2

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
+from helpers import pickle_dump, write_cifar10
 
 from minignn.data import (BatchLoader, ChecksumError, CorruptDataError, Dataset, DatasetNotFoundError, channel_stats,
                           crop_flip, load_dataset, normalize, resolve_data_root, synthetic_dataset)
@@ -23,35 +24,8 @@ SPEC100 = cifar.SPECS["cifar100"]
 
 
 # ----------------------------------------------------------------------------------------------
-# canonical-format fixtures written by the tests
+# canonical-format fixtures written by the tests (write_cifar10 and pickle_dump: helpers.py)
 # ----------------------------------------------------------------------------------------------
-def _dump(path, obj, protocol=2):
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=protocol)
-
-
-def write_cifar10(root, sizes=(7, 5, 6, 4, 3), n_test=9, seed=0):
-    """A small CIFAR-10 folder in the canonical layout; returns (x_train rows, y_train, x_test rows, y_test)."""
-    rng = np.random.default_rng(seed)
-    folder = Path(root) / SPEC10.folder
-    folder.mkdir(parents=True)
-    xs, ys = [], []
-    for b, n in enumerate(sizes, 1):
-        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        labels = [int(v) for v in rng.integers(0, 10, n)]
-        _dump(folder / f"data_batch_{b}", {b"batch_label": f"training batch {b} of 5".encode(), b"labels": labels,
-                                          b"data": data, b"filenames": [f"img_{b}_{i}.png".encode() for i in range(n)]})
-        xs.append(data)
-        ys += labels
-    xt = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
-    yt = [int(v) for v in rng.integers(0, 10, n_test)]
-    _dump(folder / "test_batch", {b"batch_label": b"testing batch 1 of 1", b"labels": yt, b"data": xt,
-                                  b"filenames": [f"t_{i}.png".encode() for i in range(n_test)]})
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    _dump(folder / "batches.meta", {b"num_cases_per_batch": 10000, b"label_names": names, b"num_vis": 3072})
-    return np.concatenate(xs), np.array(ys), xt, np.array(yt)
-
-
 def write_cifar100(root, n_train=11, n_test=6, seed=1):
     rng = np.random.default_rng(seed)
     folder = Path(root) / SPEC100.folder
@@ -60,11 +34,11 @@ def write_cifar100(root, n_train=11, n_test=6, seed=1):
     for fname, n in (("train", n_train), ("test", n_test)):
         data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
         fine = [int(v) for v in rng.integers(0, 100, n)]
-        _dump(folder / fname, {b"filenames": [b"x.png"] * n, b"batch_label": fname.encode(), b"fine_labels": fine,
-                               b"coarse_labels": [v // 5 for v in fine], b"data": data})
+        pickle_dump(folder / fname, {b"filenames": [b"x.png"] * n, b"batch_label": fname.encode(),
+                                     b"fine_labels": fine, b"coarse_labels": [v // 5 for v in fine], b"data": data})
         out += [data, np.array(fine)]
-    _dump(folder / "meta", {b"fine_label_names": [f"c{i}".encode() for i in range(100)],
-                            b"coarse_label_names": [f"s{i}".encode() for i in range(20)]})
+    pickle_dump(folder / "meta", {b"fine_label_names": [f"c{i}".encode() for i in range(100)],
+                                  b"coarse_label_names": [f"s{i}".encode() for i in range(20)]})
     return out
 
 
@@ -207,7 +181,7 @@ def _corrupt(kind, path):
     elif kind == "not_a_dict":
         d = [1, 2, 3]
         msg = r"expected a pickled dict, got list"
-    _dump(path, d)
+    pickle_dump(path, d)
     return msg
 
 
@@ -230,7 +204,7 @@ def test_whole_number_float_labels_load_as_integers(tmp_path, no_network):
     path = tmp_path / SPEC10.folder / "data_batch_1"
     d = pickle.loads(path.read_bytes(), encoding="bytes")
     d[b"labels"] = np.asarray(d[b"labels"], dtype=np.float64)
-    _dump(path, d)
+    pickle_dump(path, d)
     ds = load_dataset("cifar10", data_dir=tmp_path, check_counts=False)
     assert ds.y_train.dtype == np.int64
     np.testing.assert_array_equal(ds.y_train, ytr)
@@ -239,10 +213,10 @@ def test_whole_number_float_labels_load_as_integers(tmp_path, no_network):
 def test_corrupted_meta_file(tmp_path, no_network):
     write_cifar10(tmp_path)
     meta = tmp_path / SPEC10.folder / "batches.meta"
-    _dump(meta, {b"label_names": [b"a", b"b"]})
+    pickle_dump(meta, {b"label_names": [b"a", b"b"]})
     with pytest.raises(CorruptDataError, match="expected 10 class names, got 2"):
         load_dataset("cifar10", data_dir=tmp_path, check_counts=False)
-    _dump(meta, {b"num_vis": 3072})
+    pickle_dump(meta, {b"num_vis": 3072})
     with pytest.raises(CorruptDataError, match="missing key b'label_names'"):
         load_dataset("cifar10", data_dir=tmp_path, check_counts=False)
 
@@ -259,7 +233,7 @@ def test_batch_file_cannot_run_code(tmp_path, no_network):
     write_cifar10(tmp_path)
     path = tmp_path / SPEC10.folder / "data_batch_1"
     target = tmp_path / "pwned"
-    _dump(path, {b"data": _Evil(target), b"labels": []})
+    pickle_dump(path, {b"data": _Evil(target), b"labels": []})
     with pytest.raises(CorruptDataError, match=r"not a CIFAR batch file \(refusing to load "):
         load_dataset("cifar10", data_dir=tmp_path, check_counts=False)
     assert not target.exists()

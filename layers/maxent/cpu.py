@@ -44,7 +44,9 @@ cell (the top-left one, as before) lost everything to an outlier there: [-1e30, 
 The bound tests/test_maxent_edges.py checks to a derived tolerance: finite cells with
 |x| <= max(dtype) / 2, so every difference of two cells of a window is finite.
 
-Non-finite cells (every branch a select, so the loops stay vectorised): a cell whose logit is +inf
+Non-finite cells: the 2x2 loops run plain arithmetic over a block (vectorised), then redo the
+few windows whose result is not finite with the careful helpers (``careful=True``: selects, no
+branches); the generic path is careful throughout. A cell whose logit is +inf
 (+inf with lam > 0, -inf with lam < 0) takes the window's weight (shared with equal cells), as max
 (min) pooling does: y is that infinity, its gradient gy, dlam 0; a cell whose logit is -inf gets
 weight 0 and contributes nothing, not 0 * inf (``_kept``); lam = 0 is average pooling whatever the
@@ -215,7 +217,7 @@ def _sum_lanes(a, L, lanes):
 
 # ---------------------------------------------------------------------------------------------
 # One window's arithmetic, shared by both paths (scalar helpers, inlined into the vector loops;
-# every branch is a select).
+# the careful branches are selects).
 # ---------------------------------------------------------------------------------------------
 @njit(inline="always", **_KW)
 def _pick(best, xr, v, lam, r):
@@ -255,14 +257,6 @@ def _weight(z, m, careful):
 
 
 @njit(inline="always", **_KW)
-def _times(e, v, careful):
-    """e v, but 0 for a cell of weight 0 (whose v may be infinite)."""
-    if careful:
-        return e * v if e != _ZERO else _ZERO
-    return e * v
-
-
-@njit(inline="always", **_KW)
 def _kept(e, v, careful):
     """v for a cell of weight e > 0, 0 for a cell of weight 0 (whose v may be infinite or NaN)."""
     if careful:
@@ -293,8 +287,8 @@ def _window_2x2(a, b, c, d, lam, ra, rb, rc, rd, careful):
     ea, eb, ec, ed = _weight(za, m, careful), _weight(zb, m, careful), _weight(zc, m, careful), _weight(zd, m, careful)
     inv = _ONE / (ea + eb + ec + ed)
     if careful:                      # normalised before the sum: no overflow for |x| <= max / 2
-        t = ((_times(ea, da, True) * inv + _times(eb, db, True) * inv)
-             + (_times(ec, dc, True) * inv + _times(ed, dd, True) * inv))
+        t = ((ea * _kept(ea, da, True) * inv + eb * _kept(eb, db, True) * inv)
+             + (ec * _kept(ec, dc, True) * inv + ed * _kept(ed, dd, True) * inv))
     else:                            # one product (a sum that overflows is redone carefully)
         t = ((ea * da + eb * db) + (ec * dc + ed * dd)) * inv
     return xr, da, db, dc, dd, ea, eb, ec, ed, inv, t
@@ -468,10 +462,10 @@ def _softmax_mean(e, xs, s, y):
         for p in range(P):
             s[p] += e[q, p]
     for p in range(P):                    # normalised before the sum: |y| <= max |xs|, no overflow
-        y[p] = _times(e[0, p], xs[0, p], True) / s[p]
+        y[p] = e[0, p] * _kept(e[0, p], xs[0, p], True) / s[p]
     for q in range(1, K):
         for p in range(P):
-            y[p] += _times(e[q, p], xs[q, p], True) / s[p]
+            y[p] += e[q, p] * _kept(e[q, p], xs[q, p], True) / s[p]
 
 
 @njit(**_KW)

@@ -31,6 +31,13 @@ from minignn.layers._window import is_2x2, real_offsets, valid_range
 
 # ------------------------------------------------------------------------------------------ max
 @njit(inline='always')
+def _takes_over(v, best):
+    """Whether v replaces the running max ``best``: larger, or the first NaN (the rule of every
+    max-like kernel: the first maximum stays, the first NaN wins and propagates)."""
+    return (v > best) | ((v != v) & (best == best))
+
+
+@njit(inline='always')
 def _max_plane(x, n, c, kh, kw, sh, sw, ph, pw, y, arg):
     """Any geometry, offset by offset: for each window offset (di, dj), in row-major order, one
     pass over the outputs whose cell at that offset is real (a block of rows and columns, found
@@ -58,7 +65,7 @@ def _max_plane(x, n, c, kh, kw, sh, sw, ph, pw, y, arg):
                     v = x[n, c, r, ow * sw + dj - pw]
                     b = y[n, c, oh, ow]
                     a = arg[n, c, oh, ow]
-                    take = (v > b) | ((v != v) & (b == b)) | (a < 0)
+                    take = _takes_over(v, b) | (a < 0)
                     y[n, c, oh, ow] = v if take else b
                     arg[n, c, oh, ow] = q if take else a
 
@@ -72,15 +79,15 @@ def _max_plane_2x2(x, n, c, y, arg):
             best = x[n, c, h0, w0]
             bi = 0
             v = x[n, c, h0, w0 + 1]
-            if (v > best) | ((v != v) & (best == best)):
+            if _takes_over(v, best):
                 best = v
                 bi = 1
             v = x[n, c, h0 + 1, w0]
-            if (v > best) | ((v != v) & (best == best)):
+            if _takes_over(v, best):
                 best = v
                 bi = 2
             v = x[n, c, h0 + 1, w0 + 1]
-            if (v > best) | ((v != v) & (best == best)):
+            if _takes_over(v, best):
                 best = v
                 bi = 3
             y[n, c, oh, ow] = best
