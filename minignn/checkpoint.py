@@ -188,12 +188,19 @@ def save_checkpoint(path: str, state: dict) -> str:
 def load_checkpoint(path: str) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint`; returns the state dict (arrays as
     numpy arrays). Raises :class:`CheckpointError` with the path and the reason when the file is
-    missing, truncated, corrupted or of another format."""
+    missing, not an .npz archive, truncated, corrupted or of another format."""
     if os.path.isdir(path):
         raise CheckpointError(f"load_checkpoint: {path!r} is a folder; give the checkpoint file"
                               f" (e.g. {os.path.join(path, 'checkpoint.npz')!r})")
     if not os.path.exists(path):
         raise CheckpointError(f"load_checkpoint: no file at {path!r}")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if not head.startswith(b"PK"):  # np.load would try other formats (and suggest loading pickles)
+        what = ("it is a .npy array" if head.startswith(b"\x93NUMPY") else "the file is empty" if not head
+                else "it is not an .npz archive")
+        raise CheckpointError(f"load_checkpoint: {path!r} is not a minignn checkpoint: {what} (a checkpoint is the"
+                              f" .npz file a run writes, its checkpoint.npz or best.npz)")
     try:
         with np.load(path, allow_pickle=False) as z:
             if _META not in z.files:

@@ -1,48 +1,72 @@
-"""The ``minignn`` command: ``train``, ``eval CHECKPOINT``, ``pools`` and ``bench``.
+"""The ``minignn`` command (also ``python -m minignn``): ``train``, ``eval``, ``summary``,
+``pools`` and ``bench``.
 
     minignn train                       # tiny net, GFGP pooling, CIFAR-10, 10 epochs
     minignn train --pool max --epochs 30 --out runs/tiny-max
     minignn train --pool gfgp --pool-opt stat=max --pool-opt hidden=0.25
+    minignn train --optimizer adamw --lr 0.003                          # Adam / AdamW beside SGD
     minignn train --dataset synthetic --limit-train 512 --epochs 2     # a quick offline demo
     minignn train --resume runs/tiny-max/checkpoint.npz                 # continue exactly
+    minignn train --config runs/tiny-max/config.json --seed 1           # repeat a run's settings
+    minignn train --pool max --print-config                             # the settings, as JSON
     minignn train --out runs/tiny-max --overwrite                       # replace that run
     minignn train --data-dir DIR --allow-partial-data                   # a CIFAR copy with fewer images
     minignn eval runs/tiny-max/best.npz
+    minignn summary --model vgg11 --pool gfgp                           # layers, shapes, parameters, FLOPs
     minignn pools                       # every --pool name, its --pool-opt options and defaults
     minignn bench --help
 
 ``--pool`` and ``--pool-opt`` come from the registry :data:`minignn.layers.POOLINGS`: the names
-of ``--pool-opt KEY=VALUE`` are checked against the chosen pooling's options before anything is
-built (the value is read as a Python literal when it is one, and checked by the layer). Every
-number on the command line must be finite: ``--lr inf`` or ``--weight-decay nan`` is an argparse
-error naming the flag.
+of ``--pool-opt KEY=VALUE`` are checked against the chosen pooling's options, and their values by
+building the model once, before any data are loaded (the value is read as a Python literal when
+it is one). Every number on the command line must be finite: ``--lr inf`` or ``--weight-decay
+nan`` is an error naming the flag. ``--data-dir`` is stored in the run's ``config.json`` as an
+absolute path, so ``minignn eval RUN`` works from any folder. Progress bars are drawn only when
+stderr is a terminal (``--progress`` forces them, ``--no-progress`` turns them off).
 
 The run folder (``--out``) is locked while a run trains: a second run on it is refused, naming
 the folder and the owner's process id. A fresh run refuses a folder that already holds a run;
 ``--resume`` continues that run, ``--overwrite`` replaces it.
 
-Exit status: 0 done; 2 for errors a user can fix (no data, a bad option, a corrupted checkpoint,
-no GPU, a busy or already used run folder, a training run that diverged to an inf/NaN loss),
-which print ``minignn COMMAND: error: ...`` (set ``MINIGNN_DEBUG=1`` for the traceback); a
-mistake in the command line itself (an unknown ``--pool-opt`` name), a run folder it may not use
-and a diverged run are that one line alone (a diverged run keeps its last good checkpoint).
-Ctrl-C during training saves a checkpoint and exits with status 130, SIGTERM (``kill``,
-``timeout``, job schedulers) likewise with 143.
+Exit status: 0 done; 2 for every error a user can fix (a bad flag or option value, no data, a
+corrupted checkpoint, no GPU, a busy or already used run folder, a training run that diverged to
+an inf/NaN loss), each reported as one line ``minignn COMMAND: error: ...`` naming the flag or
+file (a missing dataset lists where it looked; ``MINIGNN_DEBUG=1`` shows the traceback). A
+diverged run keeps its last good checkpoint. Ctrl-C during training saves a checkpoint and exits
+with status 130, SIGTERM (``kill``, ``timeout``, job schedulers) likewise with 143.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import json
 import math
 import os
+import re
 import signal
 import sys
 
 from .layers.registry import POOLINGS, format_options, validate_options
 from .models import MODELS
 from .schedule import SCHEDULES
+from .train import DEFAULT_LR, OPTIMIZERS
 
 DATASETS = ("cifar10", "cifar100", "synthetic")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line naming the flag:
+    ``minignn train: error: --lr: expected a finite number > 0, got '-1' (minignn train --help lists the options)``
+    (argparse's own form is the whole usage block, then ``argument --lr: ...``)."""
+
+    def error(self, message):
+        message = re.sub(r"^argument ([^:]+): ", r"\1: ", message)
+        message = re.sub(r"invalid (\w+) value: ", lambda m: f"expected {_TYPE_WORDS.get(m.group(1), m.group(1))}, got ",
+                         message)
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "choice": "one of the choices"}
 
 
 class UsageError(ValueError):
@@ -153,10 +177,19 @@ def _train_parser(sub):
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=_pos_int, default=None, help=f"(default {d.epochs})")
     g.add_argument("--batch-size", type=_pos_int, default=None, help=f"(default {d.batch_size})")
-    g.add_argument("--lr", type=_pos_float, default=None, help=f"peak learning rate (default {d.lr})")
+    g.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=None,
+                   help=f"sgd (momentum, Nesterov, L2 weight decay), adam (L2 weight decay) or adamw (decoupled"
+                        f" weight decay) (default {d.optimizer})")
+    g.add_argument("--lr", type=_pos_float, default=None,
+                   help=f"peak learning rate (default {DEFAULT_LR['sgd']} for sgd, {DEFAULT_LR['adam']} for adam"
+                        f" and adamw)")
     g.add_argument("--schedule", choices=SCHEDULES, default=None, help=f"(default {d.schedule})")
     g.add_argument("--momentum", type=_fraction, default=None, help=f"in [0, 1) (default {d.momentum})")
     g.add_argument("--no-nesterov", action="store_true", default=None, help="plain momentum instead of Nesterov")
+    g.add_argument("--betas", type=_betas, default=None, metavar="B1,B2",
+                   help=f"adam/adamw: the moments' decay rates (default {d.betas[0]},{d.betas[1]})")
+    g.add_argument("--eps", type=_pos_float, default=None, help=f"adam/adamw: added to the root of the second"
+                   f" moment (default {d.eps:g})")
     g.add_argument("--weight-decay", type=_nonneg_float, default=None, help=f"(default {d.weight_decay})")
     g.add_argument("--label-smoothing", type=_fraction, default=None, help=f"in [0, 1) (default {d.label_smoothing})")
     g.add_argument("--seed", type=_nonneg_int, default=None, help=f"(default {d.seed})")
@@ -172,7 +205,14 @@ def _train_parser(sub):
     g.add_argument("--checkpoint-every", type=_nonneg_int, default=None, metavar="STEPS",
                    help=f"also checkpoint every STEPS steps within an epoch, 0 = only at epoch ends"
                         f" (default {d.checkpoint_every})")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="start from the settings in FILE (a run's config.json, or its run folder; what"
+                        " --print-config prints); flags given as well override them")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the settings this command would train with, as JSON, and exit")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (they are off anyway when stderr"
+                   " is not a terminal)")
+    g.add_argument("--progress", action="store_true", help="progress bars even when stderr is not a terminal")
     g.add_argument("--no-plots", action="store_true", help="no PNG plots at the end")
     p.set_defaults(func=cmd_train)
     return p
@@ -187,8 +227,97 @@ _CONFIG_ARGS = {  # argparse dest -> (TrainConfig field, converter)
     "no_nesterov": ("nesterov", lambda v: not v), "weight_decay": ("weight_decay", None),
     "label_smoothing": ("label_smoothing", None), "seed": ("seed", None), "device": ("device", None),
     "checkpoint_every": ("checkpoint_every", None), "pool_opt": ("pool_kw", dict),
-    "allow_partial_data": ("allow_partial_data", None),
+    "allow_partial_data": ("allow_partial_data", None), "optimizer": ("optimizer", None), "betas": ("betas", None),
+    "eps": ("eps", None),
 }
+_SGD_ONLY = ("momentum", "no_nesterov")
+_ADAM_ONLY = ("betas", "eps")
+
+
+def _betas(text: str):
+    """``B1,B2``: two finite numbers in [0, 1)."""
+    try:
+        vals = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 2 or not all(math.isfinite(v) and 0 <= v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected two numbers in [0, 1) as B1,B2, got {text!r}")
+    return vals
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _read_config_file(path: str) -> dict:
+    """The settings in a run's ``config.json`` (or a run folder holding one), for ``--config``."""
+    from .train import CONFIG
+    if os.path.isdir(path):
+        path = os.path.join(path, CONFIG)
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"--config: no file at {path!r}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"--config: {path!r} is not a JSON settings file ({e})") from None
+    if not isinstance(d, dict):
+        raise UsageError(f"--config: {path!r}: expected a JSON object of settings, got a {type(d).__name__}")
+    return d
+
+
+def _progress_wanted(args) -> bool:
+    """Bars on a terminal only (a piped log gets no ``\\r`` updates) unless ``--progress``."""
+    if args.no_progress:
+        return False
+    return bool(args.progress) or sys.stderr.isatty()
+
+
+def _config_from_args(args, given: dict):
+    """The TrainConfig of a fresh run: ``--config``'s settings (if any), then the flags given."""
+    from .train import TrainConfig
+    kw = _read_config_file(args.config) if args.config else {}
+    source = f"--config {args.config}: " if args.config else ""
+    if "pool" in given and given["pool"] != kw.get("pool", given["pool"]) and "pool_opt" not in given:
+        kw.pop("pool_kw", None)  # the file's options belong to the file's pool
+    for dest, v in given.items():
+        field_name, conv = _CONFIG_ARGS[dest]
+        kw[field_name] = conv(v) if conv else v
+    optimizer = kw.get("optimizer", TrainConfig.optimizer)
+    wrong = [d for d in (_ADAM_ONLY if optimizer == "sgd" else _SGD_ONLY) if d in given]
+    if wrong:
+        applies = "adam and adamw" if optimizer == "sgd" else "sgd"
+        raise UsageError(f"{', '.join(_flag(d) for d in wrong)}: applies to --optimizer {applies} only, not"
+                         f" {optimizer}")
+    if "pool_opt" in given:
+        kw["pool_kw"] = _check_pool_opts(kw.get("pool", TrainConfig.pool), kw["pool_kw"])
+    if kw.get("momentum") == 0 and "nesterov" not in kw:
+        kw["nesterov"] = False  # Nesterov needs momentum; --momentum 0 means plain SGD
+    try:
+        config = TrainConfig.from_dict(kw).validate()
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{source}{e}") from None
+    if config.data_dir is None and config.dataset != "synthetic":
+        from .data import resolve_data_root  # --print-config shows, and config.json keeps, the folder used
+        config.data_dir = os.path.abspath(resolve_data_root(None))
+    if config.pool_kw:
+        _check_pool_values(config)
+    return config
+
+
+def _check_pool_values(config):
+    """Build the model once to let its layers check the ``--pool-opt`` values (a UsageError naming
+    the options), before any data are loaded; the library's random state is left as it was."""
+    from . import init
+    from .models import build_model
+    state = init.get_rng_state()
+    try:
+        build_model(config.model, pool=config.pool, num_classes=10, width=config.width, **config.pool_kw)
+    except (ValueError, TypeError) as e:
+        given = " ".join(f"{k}={v!r}" for k, v in config.pool_kw.items())
+        raise UsageError(f"--pool-opt {given}: {e}") from None
+    finally:
+        init.set_rng_state(state)
 
 
 def _interrupt_status(e: BaseException) -> int:
@@ -197,11 +326,15 @@ def _interrupt_status(e: BaseException) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, Trainer
-    progress = not args.no_progress
+    from .checkpoint import dumps_json
+    from .train import Trainer
+    progress = _progress_wanted(args)
     given = {dest: getattr(args, dest) for dest in _CONFIG_ARGS if getattr(args, dest) is not None}
     if args.resume:
-        ignored = sorted(f"--{k.replace('_', '-')}" for k in given if k not in ("device", "allow_partial_data"))
+        if args.config or args.print_config:
+            raise UsageError("--resume continues with the checkpoint's saved settings; it takes no --config or"
+                             " --print-config")
+        ignored = sorted(_flag(k) for k in given if k not in ("device", "allow_partial_data"))
         if ignored:
             print(f"minignn train --resume: using the checkpoint's saved settings; ignoring {', '.join(ignored)}",
                   file=sys.stderr)
@@ -209,15 +342,10 @@ def cmd_train(args) -> int:
                                           allow_partial_data=args.allow_partial_data, progress=progress,
                                           plots=not args.no_plots, overwrite=args.overwrite)
     else:
-        kw = {}
-        for dest, v in given.items():
-            field_name, conv = _CONFIG_ARGS[dest]
-            kw[field_name] = conv(v) if conv else v
-        if "pool_kw" in kw:
-            kw["pool_kw"] = _check_pool_opts(kw.get("pool", TrainConfig.pool), kw["pool_kw"])
-        if kw.get("momentum") == 0 and "nesterov" not in kw:
-            kw["nesterov"] = False  # Nesterov needs momentum; --momentum 0 means plain SGD
-        config = TrainConfig(**kw)
+        config = _config_from_args(args, given)
+        if args.print_config:
+            print(dumps_json(config.to_dict(), indent=2))
+            return 0
         trainer = Trainer(config, out=args.out, progress=progress, plots=not args.no_plots, overwrite=args.overwrite)
     try:
         trainer.run()
@@ -253,6 +381,7 @@ def cmd_eval(args) -> int:
     from .checkpoint import CheckpointError, dumps_json, load_checkpoint
     from .data import BatchLoader, load_dataset
     from .train import TrainConfig, evaluate, model_from_config
+    progress = not args.no_progress and sys.stderr.isatty()
     path = args.checkpoint
     if os.path.isdir(path):
         cands = [os.path.join(path, f) for f in ("best.npz", "checkpoint.npz")]
@@ -265,7 +394,7 @@ def cmd_eval(args) -> int:
     name = args.dataset or config.dataset
     ds = load_dataset(name, data_dir=args.data_dir or config.data_dir, download=config.download,
                       check_counts=not (args.allow_partial_data or config.allow_partial_data),
-                      progress=not args.no_progress)
+                      progress=progress)
     if name == config.dataset and config.limit_test is not None and args.limit_test is None:
         args.limit_test = config.limit_test
     if args.limit_test is not None:
@@ -281,7 +410,7 @@ def cmd_eval(args) -> int:
         model.to(args.device)
     loader = BatchLoader(ds.x_test, ds.y_test, args.batch_size, train=False, augment=False, mean=ds.mean,
                          std=ds.std, seed=config.seed)
-    r = evaluate(model, loader, args.device, progress=not args.no_progress, desc=f"eval {name}", collect_lam=True)
+    r = evaluate(model, loader, args.device, progress=progress, desc=f"eval {name}", collect_lam=True)
     result = {"checkpoint": path, "model": config.model, "pool": config.pool, "dataset": name, "images": r["n"],
               "test_loss": r["loss"], "test_acc": r["acc"], "time": r["time"],
               "epoch": state.get("epoch", state.get("position", {}).get("epoch"))}
@@ -343,14 +472,17 @@ def cmd_bench(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="minignn", description="minignn: a from-scratch deep-learning engine with max-entropy and GFGP pooling."
                                     " Train small CNNs on CIFAR, evaluate checkpoints, run the benchmarks.",
-        epilog="Run 'minignn COMMAND --help' for a command's options.")
+        epilog="Run 'minignn COMMAND --help' for a command's options. Errors are one line (exit status 2);"
+               " MINIGNN_DEBUG=1 shows the traceback behind one.")
     p.add_argument("--version", action="version", version=f"minignn {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _train_parser(sub)
     _eval_parser(sub)
+    from .summary import add_parser as _summary_parser
+    _summary_parser(sub)
     _pools_parser(sub)
     _bench_parser(sub)
     return p
@@ -375,16 +507,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as e:
         print("\nminignn: interrupted", file=sys.stderr)
         return _interrupt_status(e)
-    except (UsageError, RunFolderError, TrainingDiverged) as e:
+    except (UsageError, RunFolderError, TrainingDiverged, CheckpointError, ValueError, TypeError, RuntimeError,
+            OSError, NotImplementedError) as e:
         if os.environ.get("MINIGNN_DEBUG"):
             raise
         print(f"minignn {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except (CheckpointError, ValueError, RuntimeError, OSError, NotImplementedError) as e:
-        if os.environ.get("MINIGNN_DEBUG"):
-            raise
-        print(f"minignn {args.command}: error: {e}", file=sys.stderr)
-        print("(set MINIGNN_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
 
 

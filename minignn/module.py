@@ -228,6 +228,15 @@ class Module:
     def _moved(self, device, dtype):
         """Hook for modules that keep other arrays (caches, RNG state) to follow a move."""
 
+    def summary(self, input_shape, dtype=np.float32):
+        """Print and return the :class:`minignn.summary.Summary` of one forward pass on an input of
+        ``input_shape`` ((C, H, W), batch 1, or (N, C, H, W)): every leaf layer's output shape,
+        parameters and FLOPs per sample. The module is left unchanged; see :mod:`minignn.summary`."""
+        from .summary import summarize
+        s = summarize(self, input_shape, dtype=dtype)
+        print(s)
+        return s
+
     def extra_repr(self) -> str:
         return ""
 

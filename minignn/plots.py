@@ -1,4 +1,4 @@
-"""PNG plots of a run: loss and accuracy curves, and the distribution of lam per max-entropy
+"""PNG plots of a run: loss, accuracy and learning-rate curves, and the distribution of lam per max-entropy
 pooling layer (the GFGP paper's Fig. 3 style).
 
 Figures are built with matplotlib's object API on the Agg canvas (no pyplot, no global backend
@@ -29,16 +29,19 @@ def _save(fig, path: str) -> str:
     return atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
 
 
-def curves_figure(history: Sequence[Mapping], title: str | None = None):
-    """Loss (left) and accuracy in % (right) per epoch, train and test.
+def curves_figure(history: Sequence[Mapping], title: str | None = None, lr_curve=None):
+    """Loss, accuracy in % and the learning rate per epoch, train and test.
 
     ``history``: the per-epoch records of a run (``metrics.jsonl`` lines), each with ``epoch``,
-    ``train_loss``, ``test_loss``, ``train_acc`` and ``test_acc`` (fractions)."""
+    ``train_loss``, ``test_loss``, ``train_acc`` and ``test_acc`` (fractions), and ``lr`` (the
+    rate of the epoch's last step). ``lr_curve``: optionally ``(epochs, rates)``, the rate at
+    fractional epochs (every step, or a sample), drawn instead of the per-epoch points. The best
+    test accuracy is marked below its point, inside the panel (clear of the panel's title)."""
     if not history:
         raise ValueError("curves_figure: history: expected at least one epoch record, got none")
     ep = [r["epoch"] for r in history]
-    fig, ax = _figure(2)
-    a, b = ax[0, 0], ax[0, 1]
+    fig, ax = _figure(3)
+    a, b, c = ax[0, 0], ax[0, 1], ax[0, 2]
     a.plot(ep, [r["train_loss"] for r in history], "o-", label="train")
     a.plot(ep, [r["test_loss"] for r in history], "s-", label="test")
     a.set_xlabel("epoch")
@@ -47,14 +50,24 @@ def curves_figure(history: Sequence[Mapping], title: str | None = None):
     b.plot(ep, [100 * r["train_acc"] for r in history], "o-", label="train")
     b.plot(ep, [100 * r["test_acc"] for r in history], "s-", label="test")
     best = max(history, key=lambda r: r["test_acc"])
-    b.annotate(f"{100 * best['test_acc']:.2f}%", (best["epoch"], 100 * best["test_acc"]),
-               textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    b.annotate(f"best {100 * best['test_acc']:.2f}%", (best["epoch"], 100 * best["test_acc"]),
+               textcoords="offset points", xytext=(0, -9), ha="center", va="top", fontsize=8,
+               annotation_clip=True)
     b.set_xlabel("epoch")
     b.set_ylabel("accuracy (%)")
     b.set_title("accuracy")
-    for x in (a, b):
+    if lr_curve is not None:
+        c.plot(np.asarray(lr_curve[0], float), np.asarray(lr_curve[1], float), "-", label="per step")
+    lr_points = [(r["epoch"], r["lr"]) for r in history if r.get("lr") is not None]
+    if lr_points:
+        c.plot(*zip(*lr_points), "o", label="end of epoch")
+    c.set_xlabel("epoch")
+    c.set_ylabel("learning rate")
+    c.set_title("learning rate")
+    for x in (a, b, c):
         x.grid(alpha=0.3)
-        x.legend()
+        if x.get_legend_handles_labels()[0]:
+            x.legend()
         if len(ep) <= 20:
             x.set_xticks(ep)
     if title:
@@ -62,9 +75,9 @@ def curves_figure(history: Sequence[Mapping], title: str | None = None):
     return fig
 
 
-def plot_curves(history: Sequence[Mapping], path: str, title: str | None = None) -> str:
+def plot_curves(history: Sequence[Mapping], path: str, title: str | None = None, lr_curve=None) -> str:
     """Save :func:`curves_figure` as a PNG at ``path``; returns the path."""
-    return _save(curves_figure(history, title), path)
+    return _save(curves_figure(history, title, lr_curve), path)
 
 
 def lam_figure(lam: Mapping[str, np.ndarray], title: str | None = None, bins: int = 50):

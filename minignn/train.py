@@ -80,18 +80,23 @@ from .layers.registry import POOLINGS, validate_options
 from .loss import SoftmaxCrossEntropy
 from .models import MODELS, build_model, count_parameters, pooling_layers
 from .checks import check_real
-from .optim import SGD
+from .optim import OPTIMIZERS, make_optimizer
 from .runlock import RunFolderError, RunLock, check_unlocked
 from .schedule import SCHEDULES, make_schedule
 
 CHECKPOINT = "checkpoint.npz"
 BEST = "best.npz"
 METRICS = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
 SUMMARY = "summary.json"
 CONFIG = "config.json"
 #: the files a run writes in its folder (what ``overwrite=True`` deletes first)
-RUN_FILES = (CONFIG, METRICS, CHECKPOINT, BEST, SUMMARY, "lam.npz", "curves.png", "lam.png")
+RUN_FILES = (CONFIG, METRICS, METRICS_CSV, CHECKPOINT, BEST, SUMMARY, "lam.npz", "curves.png", "lam.png")
 _RUN_MARKERS = (CHECKPOINT, BEST, METRICS, SUMMARY, CONFIG)  # any of them: the folder holds a run
+
+
+#: the peak learning rate when none is given, per optimizer
+DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3}
 
 
 class TrainingDiverged(RuntimeError):
@@ -120,7 +125,10 @@ class TrainConfig:
 
     Defaults are the recipe of ``minignn train``: the tiny net with GFGP pooling on CIFAR-10,
     batch 128, 10 epochs, SGD momentum 0.9 Nesterov, weight decay 5e-4, one-cycle to lr 0.1,
-    random crop + flip.
+    random crop + flip. ``lr=None`` is the optimizer's default (:data:`DEFAULT_LR`: 0.1 for SGD,
+    1e-3 for Adam and AdamW), set by :meth:`validate`. ``momentum`` and ``nesterov`` apply to SGD,
+    ``betas`` and ``eps`` to Adam and AdamW (see :mod:`minignn.optim`). ``data_dir`` is stored as
+    an absolute path (so a run's ``config.json`` works from any folder).
     """
 
     model: str = "tiny"
@@ -129,7 +137,10 @@ class TrainConfig:
     data_dir: str | None = None
     epochs: int = 10
     batch_size: int = 128
-    lr: float = 0.1
+    lr: float | None = None
+    optimizer: str = "sgd"
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
     schedule: str = "onecycle"
     momentum: float = 0.9
     nesterov: bool = True
@@ -175,7 +186,23 @@ class TrainConfig:
                 setattr(self, name, check_real(getattr(self, name), name, **bounds))
             except TypeError as e:
                 raise ValueError(str(e)) from None
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer: expected one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.optimizer]
         real("lr", low=0, low_open=True)
+        betas = self.betas
+        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
+        try:
+            self.betas = tuple(check_real(b, f"betas[{i}]", low=0, high=1, high_open=True) for i, b in enumerate(betas))
+        except TypeError as e:
+            raise ValueError(str(e)) from None
+        real("eps", low=0, low_open=True)
+        if self.data_dir is not None:
+            if not isinstance(self.data_dir, (str, os.PathLike)) or str(self.data_dir) == "":
+                raise ValueError(f"data_dir: expected a folder path, got {self.data_dir!r}")
+            self.data_dir = os.path.abspath(os.path.expanduser(os.fspath(self.data_dir)))
         real("momentum", low=0, high=1, high_open=True)
         real("weight_decay", low=0)
         real("label_smoothing", low=0, high=1, high_open=True)
@@ -321,8 +348,8 @@ def evaluate(model, loader, device: str = "cpu", criterion=None, progress: bool 
             seen += n
             if rec is not None:
                 rec.record(i)
-            bar.update(n)
             bar.set_postfix(acc=f"{100.0 * correct / seen:.2f}%", refresh=False)
+            bar.update(n)
             if guard is not None:
                 guard.check()
     return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "n": seen,
@@ -380,12 +407,17 @@ class Trainer:
         Allow a fresh run in a folder that already holds a run (its files are deleted when the
         run starts); otherwise that is a :class:`~minignn.runlock.RunFolderError`. A folder that
         another live run holds is always refused (:class:`~minignn.runlock.RunFolderLocked`).
+    warm_up : bool
+        Compile the kernels on the first batch before the clock starts (see :meth:`_warm_up`), so
+        the first epoch's images/s and the run ETA are the training's; the results are the same
+        either way.
     """
 
     def __init__(self, config: TrainConfig, out: str | None = None, progress: bool = True, plots: bool = True,
-                 log=None, dataset=None, overwrite: bool = False, _state: dict | None = None,
+                 log=None, dataset=None, overwrite: bool = False, warm_up: bool = True, _state: dict | None = None,
                  _source: str | None = None):
         self.config = config.validate()
+        self.warm_up = bool(warm_up)
         backend.check_device(config.device)  # the clear error for --device gpu without a GPU
         self.progress, self.plots = progress, plots
         self.log = log or _default_log
@@ -401,6 +433,9 @@ class Trainer:
         if not self._owns_out and not self.overwrite:
             self._refuse_existing_run()
         ds = dataset if dataset is not None else load_data(config, progress)
+        if dataset is None and config.data_dir is None and config.dataset != "synthetic":
+            from .data import resolve_data_root  # record where the data came from: eval works from anywhere
+            config.data_dir = os.path.abspath(resolve_data_root(None))
         if dataset is not None and (config.limit_train is not None or config.limit_test is not None):
             ds = ds.limit(config.limit_train, config.limit_test)
         self.dataset = ds
@@ -409,8 +444,9 @@ class Trainer:
         if config.device != "cpu":
             self.model.to(config.device)
         self.criterion = SoftmaxCrossEntropy(config.label_smoothing)
-        self.optimizer = SGD(self.model.parameters(), lr=config.lr, momentum=config.momentum,
-                             nesterov=config.nesterov, weight_decay=config.weight_decay)
+        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), lr=config.lr,
+                                        momentum=config.momentum, nesterov=config.nesterov,
+                                        weight_decay=config.weight_decay, betas=config.betas, eps=config.eps)
         self.train_loader = self._loader(ds.x_train, ds.y_train, config.batch_size, True)
         self.test_loader = self._loader(ds.x_test, ds.y_test, config.eval_batch_size or config.batch_size, False)
         self.steps_per_epoch = self.train_loader.num_batches(0)
@@ -448,9 +484,13 @@ class Trainer:
         if "position" not in state:
             raise ValueError(f"resume: {path!r} holds model weights only (a best.npz?); resume from the run's"
                              f" {CHECKPOINT}")
-        for key in _RESUME_ENTRIES:  # all of them before anything is built
-            _entry(state, key, path)
+        _entry(state, "config", path)
         config = TrainConfig.from_dict(state["config"])
+        if config.optimizer not in OPTIMIZERS:
+            raise CheckpointError(f"resume: {path!r}: config/optimizer: expected one of {tuple(OPTIMIZERS)}, got"
+                                  f" {config.optimizer!r}")
+        for key in _resume_entries(config.optimizer):  # all of them before anything is built
+            _entry(state, key, path)
         if device is not None:
             config.device = device
         if allow_partial_data:
@@ -474,9 +514,18 @@ class Trainer:
             "best": dict(self.best),
             "num_classes": self.dataset.num_classes,
             "classes": list(self.dataset.classes),
+            **self._data_description(),
             "minignn_version": _version(),
             "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
+
+    def _data_description(self) -> dict:
+        """What a model needs to see new images as it saw the training data: the per-channel mean
+        and std it was normalised with (on the [0, 1] pixel scale) and the image shape (C, H, W)."""
+        ds = self.dataset
+        return {"mean": [float(v) for v in np.asarray(ds.mean).reshape(-1)],
+                "std": [float(v) for v in np.asarray(ds.std).reshape(-1)],
+                "image_shape": [int(v) for v in ds.image_shape]}
 
     def _restore(self, s: dict):
         src = self._source or "the checkpoint"   # its entries were checked by from_checkpoint
@@ -533,7 +582,7 @@ class Trainer:
 
     # --- one step -------------------------------------------------------------------------------
     def train_step(self, x, y) -> tuple[float, int]:
-        """One SGD step on a batch, in training mode (batch statistics, dropout); returns (mean
+        """One optimizer step on a batch, in training mode (batch statistics, dropout); returns (mean
         loss, number correct)."""
         self.model.train()
         self.schedule.apply(self.optimizer, self.global_step)
@@ -565,9 +614,11 @@ class Trainer:
             self.log(f"run already finished ({c.epochs} epochs): {self.out}")
             return self._finish()
         self.log(self._banner())
-        run_t0 = time.perf_counter()
         with _InterruptGuard(self.log) as guard:
             try:
+                if self.warm_up:
+                    self._warm_up()
+                run_t0 = time.perf_counter()  # after compiling: the ETA is the training's
                 while not self.finished:
                     self._train_epoch(guard)
                     self._end_epoch(guard, run_t0)
@@ -623,7 +674,8 @@ class Trainer:
             for x, y in self.train_loader.batches(e, start=self.step_in_epoch):
                 x, y = backend.to_device(x, c.device), backend.to_device(y, c.device)
                 self._consistent = False
-                loss, correct = self.train_step(x, y)
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a diverging step is
+                    loss, correct = self.train_step(x, y)                           # reported below, once
                 loss = float(loss)
                 self._last_step = (e + 1, self.step_in_epoch + 1, loss)
                 if not math.isfinite(loss):
@@ -638,10 +690,10 @@ class Trainer:
                 self.accum["time"] += now - t_last
                 t_last = now
                 self._consistent = True
-                bar.update(n)
                 bar.set_postfix(loss=f"{self.accum['loss_sum'] / self.accum['seen']:.3f}",
                                 acc=f"{100.0 * self.accum['correct'] / self.accum['seen']:.1f}%",
-                                lr=f"{self.optimizer.lr:.4f}", refresh=False)
+                                lr=f"{self.optimizer.lr:.4g}", refresh=False)
+                bar.update(n)  # after the postfix, so the bar shows this step's figures
                 if c.checkpoint_every and self.global_step % c.checkpoint_every == 0 and self.step_in_epoch < nb:
                     self.save_checkpoint()
                 guard.check()
@@ -680,7 +732,7 @@ class Trainer:
             save_checkpoint(os.path.join(self.out, BEST), {
                 "kind": "weights", "config": self.config.to_dict(), "model": self.model.state_dict(),
                 "epoch": e + 1, "test_acc": ev["acc"], "num_classes": self.dataset.num_classes,
-                "classes": list(self.dataset.classes)})
+                "classes": list(self.dataset.classes), **self._data_description()})
         self._write_metrics()
         if ev["lam"]:
             atomic_write(os.path.join(self.out, "lam.npz"), lambda f: np.savez(f, **ev["lam"]))
@@ -712,9 +764,50 @@ class Trainer:
         self._write_metrics()
 
     def _write_metrics(self):
-        """``metrics.jsonl``, one line per epoch of the history, rewritten whole and atomically (a
-        full disk or a kill mid-write keeps the previous file)."""
+        """``metrics.jsonl``, one line per epoch of the history, and the same as a table in
+        ``metrics.csv`` (see :func:`metrics_csv`), each rewritten whole and atomically (a full disk
+        or a kill mid-write keeps the previous file)."""
         _write_text_atomic(os.path.join(self.out, METRICS), "".join(dumps_json(r) + "\n" for r in self.history))
+        _write_text_atomic(os.path.join(self.out, METRICS_CSV), metrics_csv(self.history))
+
+    def _warm_up(self):
+        """Compile the kernels before the clock starts: one training step's forward and backward
+        and one evaluation forward on the first batch, then the model, its gradients and the random
+        state put back exactly as they were (the run's results do not change). Says "compiling
+        kernels" when this takes more than a few seconds (a fresh install: about a minute)."""
+        if self.step_in_epoch >= self.steps_per_epoch:
+            return
+        c = self.config
+        x, y = self.train_loader.batch(self.epoch, self.step_in_epoch)
+        x, y = backend.to_device(x, c.device), backend.to_device(y, c.device)
+        saved, rng, was_training = self.model.state_dict(), init.get_rng_state(), self.model.training
+        done = threading.Event()
+        t0 = time.perf_counter()
+        said = []
+
+        def announce():
+            if not done.wait(_COMPILE_NOTICE_S):
+                said.append(True)
+                self.log("compiling kernels (first run only, about a minute)...")
+        notice = threading.Thread(target=announce, daemon=True)
+        notice.start()
+        try:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                self.model.train()
+                logits = self.model.forward(x)
+                self.criterion.forward(logits, y)
+                self.model.backward(self.criterion.backward())
+                self.model.eval()
+                self.model.forward(x)
+        finally:
+            done.set()
+            notice.join()
+            self.model.load_state_dict(saved)
+            init.set_rng_state(rng)
+            self.optimizer.zero_grad()
+            self.model.train(was_training)
+        if said:
+            self.log(f"kernels ready in {time.perf_counter() - t0:.0f} s (cached for the next runs)")
 
     def _banner(self) -> str:
         c, ds = self.config, self.dataset
@@ -725,13 +818,23 @@ class Trainer:
                 f" {self.steps_per_epoch} steps of {c.batch_size}, {c.schedule} lr {c.lr}, device {c.device};"
                 f" {where}\nrun folder: {self.out}")
 
+    def _lr_curve(self, points: int = 400):
+        """The schedule's rate at (up to ``points``) evenly spaced steps of the run done so far, as
+        (fractional epochs, rates): the schedule is a pure function of the step."""
+        done = self.global_step
+        if done < 1:
+            return None
+        steps = np.unique(np.linspace(0, done - 1, min(points, done)).round().astype(int))
+        return (steps + 1) / self.steps_per_epoch, [self.schedule.lr_at(int(t)) for t in steps]
+
     def _finish(self) -> dict:
         h = self.history
         files = [os.path.join(self.out, f) for f in (METRICS, CHECKPOINT, BEST)]
         if self.plots and h:
             from . import plots
             files.append(plots.plot_curves(h, os.path.join(self.out, "curves.png"),
-                                           title=f"{self.config.model} / {self.config.pool} / {self.dataset.name}"))
+                                           title=f"{self.config.model} / {self.config.pool} / {self.dataset.name}",
+                                           lr_curve=self._lr_curve()))
             lam = self._last_lam
             if not lam and os.path.exists(os.path.join(self.out, "lam.npz")):
                 with np.load(os.path.join(self.out, "lam.npz")) as z:
@@ -759,6 +862,36 @@ class Trainer:
                      f" ({summary['mean_train_time']:.1f} s of it training)\nresults in {self.out}/: "
                      + ", ".join(os.path.basename(f) for f in summary["files"]))
         return summary
+
+
+_COMPILE_NOTICE_S = 3.0  # a warm-up longer than this is compiling (a cached start takes ~1 s)
+
+
+def metrics_csv(history) -> str:
+    """The per-epoch records as CSV (a header, then one row per epoch): the scalar fields in a
+    fixed order, then ``lam/<layer>/mean`` and ``lam/<layer>/std`` for each max-entropy pooling
+    layer; an absent or non-finite value is an empty cell."""
+    import csv
+    import io
+    cols = ["epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "train_time", "eval_time",
+            "epoch_time", "train_images_per_s"]
+    extra = [k for r in history for k in r if k not in cols and k != "lam"]
+    cols += list(dict.fromkeys(extra))
+    layers = list(dict.fromkeys(name for r in history for name in r.get("lam", {})))
+    lam_cols = [f"lam/{n}/{stat}" for n in layers for stat in ("mean", "std")]
+
+    def cell(v):
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return ""
+        return repr(v) if isinstance(v, float) else v
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols + lam_cols)
+    for r in history:
+        lam = r.get("lam", {})
+        w.writerow([cell(r.get(k)) for k in cols]
+                   + [cell(lam.get(n, {}).get(stat)) for n in layers for stat in ("mean", "std")])
+    return buf.getvalue()
 
 
 def _skip_input_grad(model):
@@ -794,15 +927,17 @@ def _first_non_finite(model, optimizer=None) -> str | None:
             return f"buffer {name!r}"
     if optimizer is not None:
         names = [n for n, _ in model.named_parameters()]
-        for i, b in enumerate(optimizer.buffers):
-            if b is not None and not finite(b):
-                return f"the momentum buffer of {names[i] if i < len(names) else i!r}"
+        for i, label, b in optimizer.state_arrays():
+            if not finite(b):
+                return f"the {label} of {names[i] if i < len(names) else i!r}"
     return None
 
 
-_RESUME_ENTRIES = ("config", "model", "optimizer", *(f"optimizer/{k}" for k in SGD._STATE_KEYS),
-                   *(f"position/{k}" for k in ("epoch", "step_in_epoch", "global_step", "steps_per_epoch")),
-                   "rng/minignn", "accum", "history", "best")
+def _resume_entries(optimizer: str) -> tuple:
+    """The entries a resume reads (``"a/b"`` for ``state[a][b]``), for a run with ``optimizer``."""
+    return ("config", "model", "optimizer", *(f"optimizer/{k}" for k in OPTIMIZERS[optimizer]._STATE_KEYS),
+            *(f"position/{k}" for k in ("epoch", "step_in_epoch", "global_step", "steps_per_epoch")),
+            "rng/minignn", "accum", "history", "best")
 
 
 def _entry(state: dict, key: str, source: str):

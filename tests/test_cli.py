@@ -95,7 +95,7 @@ def test_cli_errors(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip file at all")
     assert main(["eval", str(bad)]) == 2
-    assert "truncated or corrupted" in capsys.readouterr().err
+    assert "is not a minignn checkpoint: it is not an .npz archive" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--pool", "median"])
     assert "invalid choice: 'median'" in capsys.readouterr().err
@@ -132,7 +132,7 @@ def test_non_finite_numbers_are_rejected_naming_the_flag(flag, value, expect, ca
         main(["train", *QUICK, "--pool", "maxent", flag, value, "--out", str(tmp_path / "run")])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert f"argument {flag}: {expect}" in err, err
+    assert f"minignn train: error: {flag}: {expect}" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
 
 

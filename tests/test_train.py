@@ -371,7 +371,7 @@ def test_plots_write_pngs(tmp_path):
     axes = [a for a in fig.axes if a.get_visible() and a.axison]
     assert len(axes) == 2 and all(a.get_xlabel() == "lam" and a.get_ylabel() for a in axes)
     fig = plots.curves_figure(hist)
-    assert [a.get_ylabel() for a in fig.axes] == ["cross-entropy loss", "accuracy (%)"]
+    assert [a.get_ylabel() for a in fig.axes] == ["cross-entropy loss", "accuracy (%)", "learning rate"]
     with pytest.raises(ValueError, match="at least one"):
         plots.curves_figure([])
 

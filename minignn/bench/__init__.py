@@ -5,6 +5,11 @@ memory-traffic floor), ``maxent`` (the fused max-entropy pooling kernel vs the f
 PyTorch's max pooling), ``vgg`` (one VGG-11 CIFAR training step, max vs GFGP pooling, vs PyTorch),
 ``conv`` (every VGG-11 convolution vs PyTorch).
 PyTorch is optional: without it the comparison columns print '-'.
+
+``--tiny`` runs every chosen benchmark through the same code at small shapes (batch 2, a few
+channels; VGG-11 at 1/8 of its widths), one repeat unless ``--repeats`` says otherwise, with the
+copy bandwidth and GEMM rate measured on small arrays: a check that the benchmarks run (a few
+seconds once the kernels are compiled), not a measurement.
 """
 from __future__ import annotations
 
@@ -18,32 +23,75 @@ BENCHMARKS = {
     "conv": ("minignn.bench.layers_conv", "bench_conv"),
 }
 
+#: timed repeats per measurement: the default, and the default of tiny mode
+REPEATS, TINY_REPEATS = 5, 1
+
+
+def _int_at_least(minimum: int):
+    """An argparse ``type`` accepting an integer >= ``minimum`` (else a usage error naming the flag)."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return v
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def unknown_names(names) -> list[str]:
+    """The entries of ``names`` that are not benchmark names (in order, each once)."""
+    return list(dict.fromkeys(n for n in names if n not in BENCHMARKS))
+
+
+def _unknown_message(unknown) -> str:
+    which = ", ".join(repr(n) for n in unknown)
+    return (f"unknown benchmark{'s' if len(unknown) > 1 else ''} {which}; "
+            f"expected some of {', '.join(BENCHMARKS)}")
+
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = p or argparse.ArgumentParser(prog="minignn bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("names", nargs="*",
+    p.add_argument("names", nargs="*", metavar="NAME",
                    help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median reported)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size for the vgg benchmark")
+    p.add_argument("--repeats", type=_int_at_least(1), default=None,
+                   help=f"timed repeats per measurement, median reported (default: {REPEATS}; "
+                        f"{TINY_REPEATS} with --tiny)")
+    p.add_argument("--batch-size", type=_int_at_least(1), default=None,
+                   help="batch size for the vgg benchmark (default: 128; 2 with --tiny)")
+    p.add_argument("--tiny", action="store_true",
+                   help="small shapes and one repeat: checks that the benchmarks run, in seconds")
     return p
 
 
 def run(args) -> int:
-    from .harness import copy_bandwidth, gemm_rate
+    """Run the benchmarks named in ``args`` (a namespace of :func:`build_parser`); returns 0.
+
+    Raises ValueError for an unknown name (:func:`main` reports it as a usage error instead)."""
+    from .harness import TINY_GEMM, bandwidth, gemm_rate
     names = args.names or list(BENCHMARKS)
-    unknown = [n for n in names if n not in BENCHMARKS]
+    unknown = unknown_names(names)
     if unknown:
-        raise SystemExit(f"minignn bench: unknown benchmark(s) {unknown}; expected some of {list(BENCHMARKS)}")
+        raise ValueError(_unknown_message(unknown))
+    tiny = bool(getattr(args, "tiny", False))
+    repeats = args.repeats if args.repeats is not None else (TINY_REPEATS if tiny else REPEATS)
     import numba
-    print(f"threads: {numba.config.NUMBA_NUM_THREADS}; copy bandwidth {copy_bandwidth() / 1e9:.1f} GB/s "
-          f"(read+write); float32 GEMM {gemm_rate() / 1e9:.0f} GFLOP/s", flush=True)
+    gemm = gemm_rate(**TINY_GEMM) if tiny else gemm_rate()
+    print(f"threads: {numba.config.NUMBA_NUM_THREADS}; copy bandwidth {bandwidth(tiny) / 1e9:.1f} GB/s "
+          f"(read+write); float32 GEMM {gemm / 1e9:.0f} GFLOP/s", flush=True)
     from minignn import _runtime
     print(f"runtime settings: {_runtime.applied or 'none (MINIGNN_NO_TUNING)'}", flush=True)
+    if tiny:
+        print("tiny mode: small shapes, a check that the benchmarks run, not a measurement", flush=True)
     for name in names:
         mod, fn = BENCHMARKS[name]
-        kwargs = {"repeats": args.repeats}
-        if name == "vgg":
+        kwargs = {"repeats": repeats}
+        if tiny:
+            kwargs["tiny"] = True
+        if name == "vgg" and args.batch_size is not None:
             kwargs["batch_size"] = args.batch_size
         print(flush=True)
         getattr(importlib.import_module(mod), fn)(**kwargs)
@@ -51,4 +99,11 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    return run(build_parser().parse_args(argv))
+    """Entry point of ``minignn bench``: parses ``argv`` and runs; returns the exit status (a usage
+    error exits with status 2 through argparse, naming the flag or the unknown benchmark)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    unknown = unknown_names(args.names)
+    if unknown:
+        parser.error(_unknown_message(unknown))
+    return run(args)

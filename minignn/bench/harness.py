@@ -3,6 +3,9 @@ memory-traffic floor's denominator), the measured GEMM rate, and a plain-text ta
 
 Benchmarks print tables; nothing here asserts a time. The machines are shared and noisy, so every
 figure is a median of repeats and every comparison is a ratio measured in the same run.
+
+A measurement that was not taken (PyTorch absent, a case with no floor) is ``None`` all the way
+through: :func:`ratio` and :func:`ms` pass it on and :func:`print_table` prints it as '-'.
 """
 from __future__ import annotations
 
@@ -26,17 +29,30 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
 
 _BW_CACHE: dict = {}
 
+#: the copy-bandwidth and GEMM measurements of tiny mode (``--tiny``): small and one repeat each
+TINY_BANDWIDTH = {"nbytes": 8 * 2**20, "repeats": 1}
+TINY_GEMM = {"n": 128, "repeats": 1}
+
 
 def copy_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 7) -> float:
     """Measured memory bandwidth in bytes/s of a large ``np.copyto``, counting bytes read plus
-    bytes written (so 'bytes that must move' divided by it is the memory-traffic floor)."""
-    if nbytes in _BW_CACHE:
-        return _BW_CACHE[nbytes]
+    bytes written (so 'bytes that must move' divided by it is the memory-traffic floor).
+
+    Cached per ``(nbytes, repeats)`` for the process, so every benchmark of one run divides by the
+    same figure."""
+    key = (int(nbytes), int(repeats))
+    if key in _BW_CACHE:
+        return _BW_CACHE[key]
     src = np.ones(nbytes // 4, dtype=np.float32)
     dst = np.empty_like(src)
     t = median_time(lambda: np.copyto(dst, src), repeats=repeats, warmup=2)
-    _BW_CACHE[nbytes] = 2.0 * src.nbytes / t
-    return _BW_CACHE[nbytes]
+    _BW_CACHE[key] = 2.0 * src.nbytes / t
+    return _BW_CACHE[key]
+
+
+def bandwidth(tiny: bool = False) -> float:
+    """:func:`copy_bandwidth` at its default size, or at the small size of tiny mode."""
+    return copy_bandwidth(**TINY_BANDWIDTH) if tiny else copy_bandwidth()
 
 
 def gemm_rate(n: int = 1024, repeats: int = 5) -> float:
@@ -56,6 +72,16 @@ def torch_or_none(threads: int | None = None):
     import numba
     torch.set_num_threads(threads or numba.config.NUMBA_NUM_THREADS)
     return torch
+
+
+def ratio(t, ref):
+    """``t / ref``, or None when either was not measured (None)."""
+    return None if t is None or ref is None else t / ref
+
+
+def ms(t):
+    """Seconds to milliseconds, passing None (not measured) on."""
+    return None if t is None else t * 1e3
 
 
 def fmt(v, digits: int = 2) -> str:

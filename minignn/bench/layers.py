@@ -9,37 +9,46 @@ from __future__ import annotations
 
 import numpy as np
 
-from .harness import copy_bandwidth, median_time, print_table, torch_or_none
+from .harness import bandwidth, median_time, ms, print_table, ratio, torch_or_none
 
 
-def _cases():
+#: (N, C, H=W) of the pooling/BatchNorm/ReLU input, (N, C, H=W) of the convolution's input and the
+#: Linear width: the VGG-11/CIFAR shapes, and the small ones of tiny mode
+SHAPES = {"full": ((128, 64, 32), (128, 64, 16), 512), "tiny": ((2, 8, 8), (2, 8, 4), 32)}
+
+
+def _cases(tiny: bool = False):
+    """The benchmarked layers at the full (VGG-11/CIFAR) or tiny shapes, as
+    ``(name, module factory, input shape, floor, torch builder)``; the floor is (passes over
+    x-sized arrays, passes over y-sized arrays) or None."""
     from minignn.layers import (AvgPool2d, BatchNorm2d, Conv2d, GlobalAvgPool2d, Linear, MaxEntPool2d,
                                 MaxPool2d, ReLU)
-    big = (128, 64, 32, 32)
-    # name, module factory, input shape, floor as (passes over x-sized arrays, passes over y-sized
-    # arrays) or None, torch builder
+    (n, c, hw), (cn, cc, chw), f = SHAPES["tiny" if tiny else "full"]
+    big = (n, c, hw, hw)
     return [
-        ("Conv2d 64->128 3x3 p1", lambda: Conv2d(64, 128, 3, padding=1), (128, 64, 16, 16), None,
-         lambda nn: nn.Conv2d(64, 128, 3, padding=1)),
-        ("BatchNorm2d(64)", lambda: BatchNorm2d(64), big, None, lambda nn: nn.BatchNorm2d(64)),
+        (f"Conv2d {cc}->{2 * cc} 3x3 p1", lambda: Conv2d(cc, 2 * cc, 3, padding=1), (cn, cc, chw, chw), None,
+         lambda nn: nn.Conv2d(cc, 2 * cc, 3, padding=1)),
+        (f"BatchNorm2d({c})", lambda: BatchNorm2d(c), big, None, lambda nn: nn.BatchNorm2d(c)),
         ("ReLU", lambda: ReLU(), big, None, lambda nn: nn.ReLU()),
-        ("Linear 512->512", lambda: Linear(512, 512), (128, 512), None, lambda nn: nn.Linear(512, 512)),
+        (f"Linear {f}->{f}", lambda: Linear(f, f), (n, f), None, lambda nn: nn.Linear(f, f)),
         ("MaxPool2d 2x2", lambda: MaxPool2d(2), big, (2, 2), lambda nn: nn.MaxPool2d(2)),
         ("AvgPool2d 2x2", lambda: AvgPool2d(2), big, (2, 2), lambda nn: nn.AvgPool2d(2)),
         ("MaxPool2d 3x3 s2 p1", lambda: MaxPool2d(3, 2, 1), big, (2, 2),
          lambda nn: nn.MaxPool2d(3, 2, 1)),
         ("GlobalAvgPool2d", lambda: GlobalAvgPool2d(), big, (2, 2),
          lambda nn: nn.AdaptiveAvgPool2d(1)),
-        ("MaxEntPool2d 2x2 GFGP", lambda: MaxEntPool2d(64, 2), big, (4, 2), None),
+        ("MaxEntPool2d 2x2 GFGP", lambda: MaxEntPool2d(c, 2), big, (4, 2), None),
     ]
 
 
-def bench_layers(repeats: int = 5):
+def bench_layers(repeats: int = 5, tiny: bool = False):
+    """Print (and return) the per-layer table; ``tiny`` runs the same cases at small shapes
+    (and measures the copy bandwidth on a small array), for a quick check that it all runs."""
     torch = torch_or_none()
-    bw = copy_bandwidth()
+    bw = bandwidth(tiny)
     rng = np.random.default_rng(0)
     rows = []
-    for name, make, shape, floor, tmake in _cases():
+    for name, make, shape, floor, tmake in _cases(tiny):
         m = make()
         x = rng.standard_normal(shape).astype(np.float32)
         y = m.forward(x)
@@ -65,9 +74,7 @@ def bench_layers(repeats: int = 5):
                 tm(tx).backward(tgy)
 
             t_torch = median_time(tstep, repeats=repeats)
-        rows.append([name, str(shape), t * 1e3, None if t_torch is None else t_torch * 1e3,
-                     None if t_torch is None else t / t_torch,
-                     None if t_floor is None else t_floor * 1e3, None if t_floor is None else t / t_floor])
+        rows.append([name, str(shape), ms(t), ms(t_torch), ratio(t, t_torch), ms(t_floor), ratio(t, t_floor)])
     return print_table(["layer (fwd+bwd, float32)", "input", "ms", "torch ms", "x torch", "floor ms", "x floor"],
                        rows, title=f"Per-layer forward+backward (median of {repeats}; "
                                    f"floor at {bw / 1e9:.1f} GB/s copy bandwidth)")

@@ -7,22 +7,35 @@ requiring a gradient except for the first layer. Both run one thread per Numba t
 figure is a median of repeats; compare the ratio column, measured in the same run.
 
     minignn bench conv
+    minignn bench --tiny conv     # the same eight layers at 1/8 of the widths, batch 2, one repeat
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .harness import median_time, print_table, torch_or_none
+from .harness import median_time, ms, print_table, ratio, torch_or_none
 
 #: (in_channels, out_channels, H=W) of each VGG-11 convolution at CIFAR resolution.
 VGG11_CONVS = [(3, 64, 32), (64, 128, 16), (128, 256, 8), (256, 256, 8), (256, 512, 4), (512, 512, 4),
                (512, 512, 2), (512, 512, 2)]
+#: the same eight convolutions at 1/8 of the widths (tiny mode)
+TINY_CONVS = [(cin if cin == 3 else cin // 8, cout // 8, hw) for cin, cout, hw in VGG11_CONVS]
+#: the batch of tiny mode
+TINY_BATCH = 2
 
 
-def bench_conv(repeats: int = 5, batch: int = 128, layers=VGG11_CONVS):
+def bench_conv(repeats: int = 5, batch: int | None = None, layers=None, tiny: bool = False):
     """Time fwd+bwd of each layer; returns the table rows
-    ``[layer, minignn ms, torch ms, ratio, GFLOP/s]``."""
+    ``[layer, minignn ms, torch ms, ratio, GFLOP/s]``.
+
+    ``layers`` defaults to :data:`VGG11_CONVS` and ``batch`` to 128, or to :data:`TINY_CONVS` and
+    :data:`TINY_BATCH` when ``tiny``."""
     from minignn.layers.conv import Conv2d
+
+    if layers is None:
+        layers = TINY_CONVS if tiny else VGG11_CONVS
+    if batch is None:
+        batch = TINY_BATCH if tiny else 128
 
     torch = torch_or_none()
     rng = np.random.default_rng(0)
@@ -55,10 +68,9 @@ def bench_conv(repeats: int = 5, batch: int = 128, layers=VGG11_CONVS):
             t_torch = median_time(tstep, repeats=repeats, warmup=2)
             tot[1] += t_torch
         tot[0] += t
-        rows.append([f"{cin}->{cout} @{hw}x{hw}", t * 1e3, None if t_torch is None else t_torch * 1e3,
-                     None if t_torch is None else t / t_torch, flops / t / 1e9])
-    rows.append(["total", tot[0] * 1e3, tot[1] * 1e3 if torch is not None else None,
-                 tot[0] / tot[1] if torch is not None else None, None])
+        rows.append([f"{cin}->{cout} @{hw}x{hw}", ms(t), ms(t_torch), ratio(t, t_torch), flops / t / 1e9])
+    t_torch_total = tot[1] if torch is not None else None
+    rows.append(["total", ms(tot[0]), ms(t_torch_total), ratio(tot[0], t_torch_total), None])
     print_table(["Conv2d 3x3 p1 fwd+bwd (N=%d)" % batch, "ms", "torch ms", "x torch", "GFLOP/s"], rows,
                 title=f"VGG-11/CIFAR convolutions, float32, median of {repeats}")
     return rows

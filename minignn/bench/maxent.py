@@ -8,15 +8,18 @@ The floor counts the bytes that must move at least, over the measured copy bandw
 forward reads x, writes y (and reads lam); backward reads x (the weights depend on it) and gy,
 writes gx (and reads lam, writes glam); max pooling's backward needs gy and the argmax instead of x
 (counted as gy + gx, the argmax's bytes left out); the GFGP layer reads x once more for its
-statistics. Run it with ``minignn bench maxent``.
+statistics. Run it with ``minignn bench maxent`` (``--tiny``: the same cases at (2, 8, 8, 8), one
+repeat).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .harness import copy_bandwidth, median_time, print_table, torch_or_none
+from .harness import bandwidth, median_time, ms, print_table, ratio, torch_or_none
 
 SHAPE = (128, 64, 32, 32)
+#: the input shape of tiny mode
+TINY_SHAPE = (2, 8, 8, 8)
 
 
 def _torch_maxent(torch, x, lam, k=2, s=2):
@@ -28,14 +31,17 @@ def _torch_maxent(torch, x, lam, k=2, s=2):
     return (w * win).sum(dim=-1)
 
 
-def bench_maxent(repeats: int = 5):
+def bench_maxent(repeats: int = 5, tiny: bool = False):
+    """Print (and return) the max-entropy pooling table at :data:`SHAPE`, or at
+    :data:`TINY_SHAPE` when ``tiny`` (with the copy bandwidth measured on a small array)."""
     from minignn.layers import MaxEntPool2d, maxent_pool2d_backward, maxent_pool2d_forward
 
     torch = torch_or_none()
-    bw = copy_bandwidth()
+    bw = bandwidth(tiny)
     rng = np.random.default_rng(0)
-    N, C, H, W = SHAPE
-    x = rng.standard_normal(SHAPE).astype(np.float32)
+    shape = TINY_SHAPE if tiny else SHAPE
+    N, C, H, W = shape
+    x = rng.standard_normal(shape).astype(np.float32)
     lam = rng.uniform(0, 1, (N, C)).astype(np.float32)            # GFGP: sigmoid output per (n, c)
     y, saved = maxent_pool2d_forward(x, lam)
     gy = rng.standard_normal(y.shape).astype(np.float32)
@@ -91,22 +97,20 @@ def bench_maxent(repeats: int = 5):
         t_tmax = median_time(torch_max, repeats=repeats)
         t_tme = median_time(torch_maxent, repeats=repeats)
 
-    def vs(t, ref):
-        return None if ref is None else t / ref
-
-    ms = lambda t: None if t is None else t * 1e3
     rows = [
-        ["maxent forward (fused kernel)", ms(t_f), ms(floor_f), t_f / floor_f, None, None],
-        ["maxent backward (fused kernel)", ms(t_b), ms(floor_b), t_b / floor_b, None, None],
-        ["maxent forward+backward", ms(t_fb), ms(floor_fb), t_fb / floor_fb, vs(t_fb, t_tmax), vs(t_fb, t_tme)],
-        ["MaxEntPool2d(64) GFGP layer fwd+bwd", ms(t_layer), ms(floor_layer), t_layer / floor_layer,
-         vs(t_layer, t_tmax), vs(t_layer, t_tme)],
-        ["torch max_pool2d fwd+bwd", ms(t_tmax), ms(floor_max), vs(t_tmax, floor_max), None, None],
-        ["torch maxent unfold+softmax+autograd", ms(t_tme), ms(floor_fb), vs(t_tme, floor_fb), None, None],
+        ["maxent forward (fused kernel)", ms(t_f), ms(floor_f), ratio(t_f, floor_f), None, None],
+        ["maxent backward (fused kernel)", ms(t_b), ms(floor_b), ratio(t_b, floor_b), None, None],
+        ["maxent forward+backward", ms(t_fb), ms(floor_fb), ratio(t_fb, floor_fb), ratio(t_fb, t_tmax),
+         ratio(t_fb, t_tme)],
+        [f"MaxEntPool2d({C}) GFGP layer fwd+bwd", ms(t_layer), ms(floor_layer), ratio(t_layer, floor_layer),
+         ratio(t_layer, t_tmax), ratio(t_layer, t_tme)],
+        # torch's own rows: '-' throughout without torch (t_tmax, t_tme None), the floors still shown
+        ["torch max_pool2d fwd+bwd", ms(t_tmax), ms(floor_max), ratio(t_tmax, floor_max), None, None],
+        ["torch maxent unfold+softmax+autograd", ms(t_tme), ms(floor_fb), ratio(t_tme, floor_fb), None, None],
     ]
     import numba
     return print_table(
         ["case (float32, 2x2 s2)", "ms", "floor ms", "x floor", "x torch max", "x torch maxent"], rows,
-        title=f"Max-entropy pooling, (N, C, H, W) = {SHAPE}, GFGP lam (N, C); median of {repeats}, "
+        title=f"Max-entropy pooling, (N, C, H, W) = {shape}, GFGP lam (N, C); median of {repeats}, "
               f"{numba.config.NUMBA_NUM_THREADS} threads; floor at {bw / 1e9:.1f} GB/s copy bandwidth"
               + ("" if torch is not None else " (torch not installed: '-')"))

@@ -4,17 +4,23 @@ backward, SGD (momentum 0.9, Nesterov, weight decay 5e-4), with max pooling and 
 five pools; against PyTorch CPU eager for the same model and step, measured in the same run
 (PyTorch's GFGP is the straightforward composite: global average -> MLP -> sigmoid for lam,
 unfold + softmax for the pooling, autograd for the backward).
+
+``--tiny`` runs the same step on the same 11-layer net at 1/8 of the widths (8-16-32-32-64-64-64-64),
+batch 2 unless ``--batch-size`` says otherwise, one repeat.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .harness import median_time, print_table, torch_or_none
+from .harness import median_time, ms, print_table, ratio, torch_or_none
 
 VGG11 = [64, "P", 128, "P", 256, 256, "P", 512, 512, "P", 512, 512, "P"]
+#: tiny mode: the channel scale (minignn's ``build_model(width=...)``) and the default batch
+TINY_WIDTH = 0.125
+TINY_BATCH = 2
 
 
-def _torch_vgg(torch, pool: str):
+def _torch_vgg(torch, pool: str, width: float = 1.0):
     nn = torch.nn
 
     class GFGPPool(nn.Module):
@@ -34,15 +40,22 @@ def _torch_vgg(torch, pool: str):
         if v == "P":
             layers.append(nn.MaxPool2d(2) if pool == "max" else GFGPPool(c))
         else:
+            v = max(1, int(round(v * width)))                  # as minignn.models scales widths
             layers += [nn.Conv2d(c, v, 3, padding=1, bias=False), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
             c = v
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)]
     return nn.Sequential(*layers)
 
 
-def bench_vgg(repeats: int = 5, batch_size: int = 128):
+def bench_vgg(repeats: int = 5, batch_size: int | None = None, tiny: bool = False):
+    """Print (and return) the VGG-11 training-step table; ``batch_size`` defaults to 128, or to
+    :data:`TINY_BATCH` when ``tiny`` (which also scales every width by :data:`TINY_WIDTH`)."""
     from minignn import SGD, SoftmaxCrossEntropy
     from minignn.models import build_model
+
+    if batch_size is None:
+        batch_size = TINY_BATCH if tiny else 128
+    width = TINY_WIDTH if tiny else 1.0
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch_size, 3, 32, 32)).astype(np.float32)
@@ -50,7 +63,7 @@ def bench_vgg(repeats: int = 5, batch_size: int = 128):
     torch = torch_or_none()
     times = {}
     for pool in ("max", "gfgp"):
-        model = build_model("vgg11", pool=pool)
+        model = build_model("vgg11", pool=pool, width=width)
         opt = SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
         ce = SoftmaxCrossEntropy()
 
@@ -62,7 +75,7 @@ def bench_vgg(repeats: int = 5, batch_size: int = 128):
 
         times[("minignn", pool)] = median_time(step, repeats=repeats, warmup=2)
         if torch is not None:
-            tm = _torch_vgg(torch, pool)
+            tm = _torch_vgg(torch, pool, width)
             topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
             tx, ty = torch.from_numpy(x), torch.from_numpy(labels)
 
@@ -75,10 +88,9 @@ def bench_vgg(repeats: int = 5, batch_size: int = 128):
     rows = []
     for pool in ("max", "gfgp"):
         ours, ref = times[("minignn", pool)], times.get(("torch", pool))
-        rows.append([f"VGG-11 step, {pool} pooling", ours * 1e3, None if ref is None else ref * 1e3,
-                     None if ref is None else ours / ref,
-                     ours / times[("minignn", "max")],
-                     None if ref is None else ref / times[("torch", "max")]])
+        rows.append([f"VGG-11 step, {pool} pooling", ms(ours), ms(ref), ratio(ours, ref),
+                     ratio(ours, times[("minignn", "max")]), ratio(ref, times.get(("torch", "max")))])
     return print_table(["batch %d, float32" % batch_size, "minignn ms", "torch ms", "x torch", "x own max",
                         "torch x own max"], rows,
-                       title=f"VGG-11 CIFAR training step (median of {repeats})")
+                       title=f"VGG-11 CIFAR training step (median of {repeats})"
+                             + (f", widths x{width}" if tiny else ""))

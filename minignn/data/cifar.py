@@ -148,17 +148,20 @@ def download(url: str, dest, md5: str, progress: bool = True, timeout: float = 6
 
     ``dest`` appears only when the download is complete and verified. On any failure (network
     error, interruption, short read, checksum mismatch) the ``.part`` file is removed and the
-    error re-raised; a mismatch raises :class:`ChecksumError` with both checksums.
+    error re-raised; a mismatch raises :class:`ChecksumError` with both checksums. The folder of
+    ``dest`` is created only once the server has answered: a download that cannot start (no
+    network, a mistyped data root with no internet) leaves the disk as it was.
     """
     from tqdm.auto import tqdm
 
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     h = hashlib.md5()
     got = 0
+    resp = urlopen(url, timeout=timeout)  # before anything is created: no folder for a download that never starts
     try:
-        with urlopen(url, timeout=timeout) as resp, open(part, "wb") as f:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with resp, open(part, "wb") as f:
             length = resp.headers.get("Content-Length") if getattr(resp, "headers", None) else None
             total = int(length) if length else None
             with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
