@@ -92,3 +92,21 @@ def check_real(value, name: str, where: str = "", *, low=None, high=None, low_op
             and (high is None or (f < high if high_open else f <= high))):
         raise ValueError(f"{prefix}: expected a finite real number{rng}, got {value!r}")
     return f
+
+
+def int_at_least(minimum: int):
+    """An argparse ``type``: an integer >= ``minimum``, else argparse's usage error naming the
+    flag (``--epochs: expected an integer >= 1, got 'abc'``). Shared by the ``minignn`` command
+    and the benchmark runner."""
+    import argparse
+
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return v
+    parse.__name__ = f"integer >= {minimum}"
+    return parse

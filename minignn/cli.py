@@ -46,10 +46,12 @@ import re
 import signal
 import sys
 
+from .checks import int_at_least
 from .layers.registry import POOLINGS, format_options, validate_options
 from .models import MODELS
+from .optim import OPTIMIZERS
 from .schedule import SCHEDULES
-from .train import DEFAULT_LR, OPTIMIZERS
+from .train import DEFAULT_LR
 
 DATASETS = ("cifar10", "cifar100", "synthetic")
 
@@ -109,21 +111,8 @@ _nonneg_float = _number(">= 0", lambda v: v >= 0)
 _fraction = _number("in [0, 1)", lambda v: 0 <= v < 1)
 
 
-def _int_at_least(minimum: int):
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            v = None
-        if v is None or v < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return v
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-_pos_int = _int_at_least(1)
-_nonneg_int = _int_at_least(0)
+_pos_int = int_at_least(1)
+_nonneg_int = int_at_least(0)
 
 
 def _pool_options_help() -> str:
@@ -275,7 +264,7 @@ def _progress_wanted(args) -> bool:
 
 def _config_from_args(args, given: dict):
     """The TrainConfig of a fresh run: ``--config``'s settings (if any), then the flags given."""
-    from .train import TrainConfig
+    from .train import TrainConfig, record_data_root
     kw = _read_config_file(args.config) if args.config else {}
     source = f"--config {args.config}: " if args.config else ""
     if "pool" in given and given["pool"] != kw.get("pool", given["pool"]) and "pool_opt" not in given:
@@ -297,9 +286,7 @@ def _config_from_args(args, given: dict):
         config = TrainConfig.from_dict(kw).validate()
     except (ValueError, TypeError) as e:
         raise UsageError(f"{source}{e}") from None
-    if config.data_dir is None and config.dataset != "synthetic":
-        from .data import resolve_data_root  # --print-config shows, and config.json keeps, the folder used
-        config.data_dir = os.path.abspath(resolve_data_root(None))
+    record_data_root(config)  # --print-config shows, and config.json keeps, the folder used
     if config.pool_kw:
         _check_pool_values(config)
     return config

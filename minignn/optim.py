@@ -65,7 +65,44 @@ def sgd_update(w, g, buf=None, lr=0.1, momentum=0.0, nesterov=False, weight_deca
     return buf
 
 
-class SGD:
+class _Optimizer:
+    """What every optimizer here shares: its parameter list (checked), ``zero_grad`` and the
+    checks of a ``state_dict`` common to all (a dict holding every one of ``_STATE_KEYS``, and
+    an integer ``step_count`` >= 0). Errors name the subclass."""
+
+    _STATE_KEYS: tuple = ()
+
+    def __init__(self, params):
+        name = type(self).__name__
+        self.params = list(params)
+        for i, p in enumerate(self.params):
+            if not isinstance(p, Parameter):
+                raise TypeError(f"{name}: params[{i}]: expected a Parameter, got {type(p).__name__}")
+        if not self.params:
+            raise ValueError(f"{name}: params: expected at least one Parameter, got none")
+        self.step_count = 0
+
+    def zero_grad(self):
+        for p in self.params:
+            p.zero_grad()
+
+    def _check_state(self, state) -> tuple[str, int]:
+        """``(where, step_count)`` for a state_dict that has every entry and a valid step count."""
+        name = type(self).__name__
+        where = f"{name}.load_state_dict"
+        if not isinstance(state, dict):
+            raise TypeError(f"{where}: state: expected a dict, got {type(state).__name__}")
+        for k in self._STATE_KEYS:
+            if k not in state:
+                raise ValueError(f"{where}: missing entry {k!r} (a state_dict() of {name} holds"
+                                 f" {', '.join(self._STATE_KEYS)})")
+        step_count = state["step_count"]
+        if isinstance(step_count, bool) or not isinstance(step_count, (int, np.integer)) or step_count < 0:
+            raise ValueError(f"{where}: step_count: expected an integer >= 0, got {step_count!r}")
+        return where, int(step_count)
+
+
+class SGD(_Optimizer):
     """Stochastic gradient descent.
 
     Parameters
@@ -82,20 +119,10 @@ class SGD:
 
     def __init__(self, params, lr: float = 0.1, momentum: float = 0.0, nesterov: bool = False,
                  weight_decay: float = 0.0):
-        self.params = list(params)
-        for i, p in enumerate(self.params):
-            if not isinstance(p, Parameter):
-                raise TypeError(f"SGD: params[{i}]: expected a Parameter, got {type(p).__name__}")
-        if not self.params:
-            raise ValueError("SGD: params: expected at least one Parameter, got none")
+        super().__init__(params)
         self.lr, self.momentum, self.nesterov, self.weight_decay = _check_hyper(lr, momentum, nesterov,
                                                                                 weight_decay, "SGD")
         self.buffers = [None] * len(self.params)
-        self.step_count = 0
-
-    def zero_grad(self):
-        for p in self.params:
-            p.zero_grad()
 
     def step(self):
         for i, p in enumerate(self.params):
@@ -121,13 +148,7 @@ class SGD:
 
     def load_state_dict(self, state: dict):
         """Restore what :meth:`state_dict` returned (the settings are checked as in ``__init__``)."""
-        where = "SGD.load_state_dict"
-        if not isinstance(state, dict):
-            raise TypeError(f"{where}: state: expected a dict, got {type(state).__name__}")
-        for k in self._STATE_KEYS:
-            if k not in state:
-                raise ValueError(f"{where}: missing entry {k!r} (a state_dict() of SGD holds"
-                                 f" {', '.join(self._STATE_KEYS)})")
+        where, step_count = self._check_state(state)
         bufs = state["buffers"]
         if len(bufs) != len(self.params):
             raise ValueError(f"{where}: buffers: expected {len(self.params)} entries, got {len(bufs)}")
@@ -135,11 +156,8 @@ class SGD:
             if b is not None and tuple(np.shape(b)) != tuple(p.shape):
                 raise ValueError(f"{where}: buffers[{i}]: expected shape {tuple(p.shape)}, got {tuple(np.shape(b))}")
         hyper = _check_hyper(state["lr"], state["momentum"], state["nesterov"], state["weight_decay"], where)
-        step_count = state["step_count"]
-        if isinstance(step_count, bool) or not isinstance(step_count, (int, np.integer)) or step_count < 0:
-            raise ValueError(f"{where}: step_count: expected an integer >= 0, got {step_count!r}")
         self.lr, self.momentum, self.nesterov, self.weight_decay = hyper
-        self.step_count = int(step_count)
+        self.step_count = step_count
         self.buffers = [None if b is None else backend.get_array_module(p.data).asarray(b, dtype=p.data.dtype)
                         for p, b in zip(self.params, bufs)]
         return self
@@ -199,7 +217,7 @@ def adam_update(w, g, m, v, step, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, wei
     return m, v
 
 
-class Adam:
+class Adam(_Optimizer):
     """Adam (Kingma & Ba) with PyTorch's semantics: L2 weight decay added to the gradient, eps
     outside the root of the bias-corrected second moment (see the module docstring).
 
@@ -220,21 +238,11 @@ class Adam:
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        name = type(self).__name__
-        self.params = list(params)
-        for i, p in enumerate(self.params):
-            if not isinstance(p, Parameter):
-                raise TypeError(f"{name}: params[{i}]: expected a Parameter, got {type(p).__name__}")
-        if not self.params:
-            raise ValueError(f"{name}: params: expected at least one Parameter, got none")
-        self.lr, self.betas, self.eps, self.weight_decay = _check_adam(lr, betas, eps, weight_decay, name)
+        super().__init__(params)
+        self.lr, self.betas, self.eps, self.weight_decay = _check_adam(lr, betas, eps, weight_decay,
+                                                                       type(self).__name__)
         self.first_moments = [None] * len(self.params)
         self.second_moments = [None] * len(self.params)
-        self.step_count = 0
-
-    def zero_grad(self):
-        for p in self.params:
-            p.zero_grad()
 
     def step(self):
         t = self.step_count + 1
@@ -272,13 +280,7 @@ class Adam:
         ``__init__``, the moments' shapes, finite values, a second moment >= 0, moments present
         once a step was taken) before anything is assigned; the error names the entry."""
         name = type(self).__name__
-        where = f"{name}.load_state_dict"
-        if not isinstance(state, dict):
-            raise TypeError(f"{where}: state: expected a dict, got {type(state).__name__}")
-        for k in self._STATE_KEYS:
-            if k not in state:
-                raise ValueError(f"{where}: missing entry {k!r} (a state_dict() of {name} holds"
-                                 f" {', '.join(self._STATE_KEYS)})")
+        where, step_count = self._check_state(state)
         hyper = _check_adam(state["lr"], state["betas"], state["eps"], state["weight_decay"], where)
         decoupled = state["decoupled"]
         if not isinstance(decoupled, (bool, np.bool_)) or bool(decoupled) != self._DECOUPLED:
@@ -286,14 +288,10 @@ class Adam:
                 "an Adam state (L2 weight decay)" if decoupled is False else "not a bool"
             raise ValueError(f"{where}: decoupled: expected {self._DECOUPLED} (an {name} state), got {decoupled!r}"
                              f" ({other})")
-        step_count = state["step_count"]
-        if isinstance(step_count, bool) or not isinstance(step_count, (int, np.integer)) or step_count < 0:
-            raise ValueError(f"{where}: step_count: expected an integer >= 0, got {step_count!r}")
-        first = _checked_moments(state["first_moments"], "first_moments", self.params, int(step_count), False, where)
-        second = _checked_moments(state["second_moments"], "second_moments", self.params, int(step_count), True,
-                                  where)
+        first = _checked_moments(state["first_moments"], "first_moments", self.params, step_count, False, where)
+        second = _checked_moments(state["second_moments"], "second_moments", self.params, step_count, True, where)
         self.lr, self.betas, self.eps, self.weight_decay = hyper
-        self.step_count = int(step_count)
+        self.step_count = step_count
         self.first_moments = [_on_device(a, p) for a, p in zip(first, self.params)]
         self.second_moments = [_on_device(a, p) for a, p in zip(second, self.params)]
         return self
@@ -322,13 +320,19 @@ class AdamW(Adam):
 
 def _check_adam(lr, betas, eps, weight_decay, where):
     lr = check_real(lr, "lr", where, low=0, low_open=True)
-    if isinstance(betas, (str, bytes)) or not isinstance(betas, (tuple, list, np.ndarray)) or len(betas) != 2:
-        raise ValueError(f"{where}: betas: expected a pair (beta1, beta2) of finite real numbers in [0, 1),"
-                         f" got {betas!r}")
-    betas = tuple(check_real(b, f"betas[{i}]", where, low=0, high=1, high_open=True) for i, b in enumerate(betas))
+    betas = check_betas(betas, where)
     eps = check_real(eps, "eps", where, low=0, low_open=True)
     weight_decay = check_real(weight_decay, "weight_decay", where, low=0)
     return lr, betas, eps, weight_decay
+
+
+def check_betas(betas, where: str = "") -> tuple[float, float]:
+    """Adam's ``betas`` as a pair of Python floats, each a finite real number in [0, 1) (a
+    ValueError for anything but a pair, check_real's TypeError/ValueError for a bad entry)."""
+    prefix = f"{where}: betas" if where else "betas"
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, (tuple, list, np.ndarray)) or len(betas) != 2:
+        raise ValueError(f"{prefix}: expected a pair (beta1, beta2) of finite real numbers in [0, 1), got {betas!r}")
+    return tuple(check_real(b, f"betas[{i}]", where, low=0, high=1, high_open=True) for i, b in enumerate(betas))
 
 
 def _checked_moments(entries, key, params, step_count, nonneg, where):

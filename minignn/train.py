@@ -80,7 +80,7 @@ from .layers.registry import POOLINGS, validate_options
 from .loss import SoftmaxCrossEntropy
 from .models import MODELS, build_model, count_parameters, pooling_layers
 from .checks import check_real
-from .optim import OPTIMIZERS, make_optimizer
+from .optim import OPTIMIZERS, check_betas, make_optimizer
 from .runlock import RunFolderError, RunLock, check_unlocked
 from .schedule import SCHEDULES, make_schedule
 
@@ -191,11 +191,8 @@ class TrainConfig:
         if self.lr is None:
             self.lr = DEFAULT_LR[self.optimizer]
         real("lr", low=0, low_open=True)
-        betas = self.betas
-        if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
-            raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
         try:
-            self.betas = tuple(check_real(b, f"betas[{i}]", low=0, high=1, high_open=True) for i, b in enumerate(betas))
+            self.betas = check_betas(self.betas)
         except TypeError as e:
             raise ValueError(str(e)) from None
         real("eps", low=0, low_open=True)
@@ -368,6 +365,16 @@ def default_run_dir(config: TrainConfig, root: str = "runs") -> str:
     return path
 
 
+def record_data_root(config: TrainConfig) -> TrainConfig:
+    """Fill in ``config.data_dir``, when unset, with the absolute data root a CIFAR dataset is read
+    from (``$MINIGNN_DATA`` or the per-user cache), so the saved config reads the same data from
+    any folder later. Synthetic data need none. Returns ``config``."""
+    if config.data_dir is None and config.dataset != "synthetic":
+        from .data import resolve_data_root
+        config.data_dir = os.path.abspath(resolve_data_root(None))
+    return config
+
+
 def load_data(config: TrainConfig, progress: bool = True):
     """The dataset of ``config`` with its limits applied."""
     from .data import load_dataset
@@ -433,9 +440,8 @@ class Trainer:
         if not self._owns_out and not self.overwrite:
             self._refuse_existing_run()
         ds = dataset if dataset is not None else load_data(config, progress)
-        if dataset is None and config.data_dir is None and config.dataset != "synthetic":
-            from .data import resolve_data_root  # record where the data came from: eval works from anywhere
-            config.data_dir = os.path.abspath(resolve_data_root(None))
+        if dataset is None:
+            record_data_root(config)
         if dataset is not None and (config.limit_train is not None or config.limit_test is not None):
             ds = ds.limit(config.limit_train, config.limit_test)
         self.dataset = ds

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from minignn.checks import int_at_least
+
 BENCHMARKS = {
     "layers": ("minignn.bench.layers", "bench_layers"),
     "maxent": ("minignn.bench.maxent", "bench_maxent"),
@@ -25,20 +27,6 @@ BENCHMARKS = {
 
 #: timed repeats per measurement: the default, and the default of tiny mode
 REPEATS, TINY_REPEATS = 5, 1
-
-
-def _int_at_least(minimum: int):
-    """An argparse ``type`` accepting an integer >= ``minimum`` (else a usage error naming the flag)."""
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            v = None
-        if v is None or v < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return v
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
 
 
 def unknown_names(names) -> list[str]:
@@ -57,10 +45,10 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("names", nargs="*", metavar="NAME",
                    help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
-    p.add_argument("--repeats", type=_int_at_least(1), default=None,
+    p.add_argument("--repeats", type=int_at_least(1), default=None,
                    help=f"timed repeats per measurement, median reported (default: {REPEATS}; "
                         f"{TINY_REPEATS} with --tiny)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=None,
+    p.add_argument("--batch-size", type=int_at_least(1), default=None,
                    help="batch size for the vgg benchmark (default: 128; 2 with --tiny)")
     p.add_argument("--tiny", action="store_true",
                    help="small shapes and one repeat: checks that the benchmarks run, in seconds")
