@@ -23,6 +23,7 @@ from .module import Module, Parameter, Sequential  # noqa: E402
 from .gradcheck import GradcheckError, check_gradients, gradcheck  # noqa: E402
 from .loss import SoftmaxCrossEntropy  # noqa: E402
 from .optim import SGD  # noqa: E402
+from .saving import load, save  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -30,5 +31,5 @@ __all__ = [
     "backend", "get_array_module", "gpu_available", "to_device", "to_numpy",
     "Module", "Parameter", "Sequential",
     "GradcheckError", "check_gradients", "gradcheck",
-    "SoftmaxCrossEntropy", "SGD",
+    "SoftmaxCrossEntropy", "SGD", "save", "load",
 ]

@@ -2,8 +2,10 @@
 what was given."""
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
+import re
 
 import numpy as np
 
@@ -94,12 +96,26 @@ def check_real(value, name: str, where: str = "", *, low=None, high=None, low_op
     return f
 
 
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "choice": "one of the choices"}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with its errors as one line naming the flag:
+    ``minignn train: error: --lr: expected a finite number > 0, got '-1' (minignn train --help lists the options)``
+    (argparse's own form is the whole usage block, then ``argument --lr: ...``). Used by the
+    ``minignn`` command and the benchmark runner; exit status 2."""
+
+    def error(self, message):
+        message = re.sub(r"^argument ([^:]+): ", r"\1: ", message)
+        message = re.sub(r"invalid (\w+) value: ",
+                         lambda m: f"expected {_TYPE_WORDS.get(m.group(1), m.group(1))}, got ", message)
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
+
+
 def int_at_least(minimum: int):
     """An argparse ``type``: an integer >= ``minimum``, else argparse's usage error naming the
     flag (``--epochs: expected an integer >= 1, got 'abc'``). Shared by the ``minignn`` command
     and the benchmark runner."""
-    import argparse
-
     def parse(text):
         try:
             v = int(text)

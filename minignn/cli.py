@@ -1,5 +1,5 @@
 """The ``minignn`` command (also ``python -m minignn``): ``train``, ``eval``, ``summary``,
-``pools`` and ``bench``.
+``predict``, ``pools`` and ``bench``.
 
     minignn train                       # tiny net, GFGP pooling, CIFAR-10, 10 epochs
     minignn train --pool max --epochs 30 --out runs/tiny-max
@@ -12,6 +12,7 @@
     minignn train --out runs/tiny-max --overwrite                       # replace that run
     minignn train --data-dir DIR --allow-partial-data                   # a CIFAR copy with fewer images
     minignn eval runs/tiny-max/best.npz
+    minignn predict runs/tiny-max cat.png dog.jpg --top 3               # classify image files
     minignn summary --model vgg11 --pool gfgp                           # layers, shapes, parameters, FLOPs
     minignn pools                       # every --pool name, its --pool-opt options and defaults
     minignn bench --help
@@ -42,11 +43,10 @@ import ast
 import json
 import math
 import os
-import re
 import signal
 import sys
 
-from .checks import int_at_least
+from .checks import OneLineParser, int_at_least
 from .layers.registry import POOLINGS, format_options, validate_options
 from .models import MODELS
 from .optim import OPTIMIZERS
@@ -56,19 +56,7 @@ from .train import DEFAULT_LR
 DATASETS = ("cifar10", "cifar100", "synthetic")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors as one line naming the flag:
-    ``minignn train: error: --lr: expected a finite number > 0, got '-1' (minignn train --help lists the options)``
-    (argparse's own form is the whole usage block, then ``argument --lr: ...``)."""
-
-    def error(self, message):
-        message = re.sub(r"^argument ([^:]+): ", r"\1: ", message)
-        message = re.sub(r"invalid (\w+) value: ", lambda m: f"expected {_TYPE_WORDS.get(m.group(1), m.group(1))}, got ",
-                         message)
-        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help lists the options)\n")
-
-
-_TYPE_WORDS = {"int": "an integer", "float": "a number", "choice": "one of the choices"}
+_Parser = OneLineParser
 
 
 class UsageError(ValueError):
@@ -367,12 +355,10 @@ def cmd_eval(args) -> int:
     from . import backend
     from .checkpoint import CheckpointError, dumps_json, load_checkpoint
     from .data import BatchLoader, load_dataset
+    from .saving import resolve_model_file
     from .train import TrainConfig, evaluate, model_from_config
     progress = not args.no_progress and sys.stderr.isatty()
-    path = args.checkpoint
-    if os.path.isdir(path):
-        cands = [os.path.join(path, f) for f in ("best.npz", "checkpoint.npz")]
-        path = next((c for c in cands if os.path.exists(c)), cands[-1])
+    path = resolve_model_file(args.checkpoint)   # a run folder: its best.npz, else checkpoint.npz
     state = load_checkpoint(path)
     if "model" not in state or "config" not in state:
         raise ValueError(f"eval: {path!r} is a checkpoint without a model and config")
@@ -470,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub)
     from .summary import add_parser as _summary_parser
     _summary_parser(sub)
+    from .predict import add_parser as _predict_parser
+    _predict_parser(sub)
     _pools_parser(sub)
     _bench_parser(sub)
     return p
@@ -498,7 +486,9 @@ def main(argv=None) -> int:
             OSError, NotImplementedError) as e:
         if os.environ.get("MINIGNN_DEBUG"):
             raise
-        print(f"minignn {args.command}: error: {e}", file=sys.stderr)
+        msg = str(e)   # a library message may start with the command's name already ('predict: ...')
+        msg = msg[len(args.command) + 2:] if msg.startswith(f"{args.command}: ") else msg
+        print(f"minignn {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -235,7 +235,9 @@ def build_model(name: str, pool: str = "max", num_classes: int = 10, width: floa
     ``pool_kw`` are that pooling's options (a ValueError names the valid ones).
 
     Weights are drawn from ``minignn.init``'s generator: call ``minignn.init.manual_seed`` first
-    for a reproducible model. Returns a Module in training mode (float32, on the CPU).
+    for a reproducible model. Returns a Module in training mode (float32, on the CPU) whose
+    ``build_spec`` records these arguments (:func:`minignn.save` stores it, :func:`minignn.load`
+    rebuilds the model from it).
     """
     if name not in MODELS:
         raise ValueError(f"model: expected one of {tuple(MODELS)}, got {name!r}")
@@ -243,7 +245,11 @@ def build_model(name: str, pool: str = "max", num_classes: int = 10, width: floa
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ValueError(f"num_classes: expected an integer >= 1, got {num_classes!r}")
     _check_width(width)
-    return MODELS[name](pool=pool, num_classes=int(num_classes), width=width, **pool_kw)
+    model = MODELS[name](pool=pool, num_classes=int(num_classes), width=width, **pool_kw)
+    # how to build it again (minignn.save stores it; minignn.load rebuilds from it)
+    model.build_spec = {"model": name, "pool": pool, "num_classes": int(num_classes), "width": float(width),
+                        "pool_kw": dict(pool_kw)}
+    return model
 
 
 def pooling_layers(model: Module) -> list[tuple[str, Module]]:

@@ -772,3 +772,54 @@ def test_loader_bad_arguments():
 def test_dataset_repr_is_short():
     ds = synthetic_dataset(n_train=4, n_test=2, image_size=4)
     assert isinstance(ds, Dataset) and "synthetic" in repr(ds) and len(repr(ds)) < 300
+
+
+# --- the sequence protocol: len(ds), ds[i], ds.train / ds.test, for xb, yb in loader -------------
+def test_a_dataset_is_a_sequence_of_its_training_pairs():
+    ds = synthetic_dataset(n_train=40, n_test=12, seed=3)
+    assert len(ds) == 40 and len(ds.train) == 40 and len(ds.test) == 12
+    x, y = ds[5]
+    assert x.dtype == np.uint8 and x.shape == (3, 32, 32) and type(y) is int
+    assert np.array_equal(x, ds.x_train[5]) and y == ds.y_train[5]
+    x, y = ds.test[-1]
+    assert np.array_equal(x, ds.x_test[11]) and y == ds.y_test[11]
+    xs, ys = ds[2:6]
+    assert np.array_equal(xs, ds.x_train[2:6]) and np.array_equal(ys, ds.y_train[2:6])
+    xs, ys = ds.test[[0, 3, -1]]
+    assert np.array_equal(xs, ds.x_test[[0, 3, 11]]) and ys.dtype == np.int64
+    pairs = list(ds.test)
+    assert len(pairs) == 12 and all(np.array_equal(a, ds.x_test[i]) and b == ds.y_test[i]
+                                    for i, (a, b) in enumerate(pairs))
+    with pytest.raises(IndexError, match=r"train\[index\]: expected -40 <= index < 40 .* got 40"):
+        ds[40]
+    with pytest.raises(IndexError, match=r"test\[index\]: indices must lie in \[-12, 12\)"):
+        ds.test[[0, 12]]
+    for bad in (True, 1.5, "a", [[0, 1]]):
+        with pytest.raises(TypeError, match="expected an integer, a slice or a list of integers"):
+            ds[bad]
+
+
+def test_iterating_a_loader_runs_epoch_after_epoch():
+    ds = synthetic_dataset(n_train=40, n_test=12, seed=3)
+    loader = ds.loader("train", batch_size=16)
+    assert loader.train and loader.augment and len(loader) == 3 and loader.epoch == 0
+    for epoch in range(3):
+        got = list(loader)
+        want = list(loader.batches(epoch))
+        assert len(got) == 3 and loader.epoch == epoch + 1
+        for (xa, ya), (xb, yb) in zip(got, want):
+            assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    first = [y for _, y in loader.batches(0)]
+    loader.set_epoch(0)
+    assert all(np.array_equal(a, b) for a, b in zip([y for _, y in loader], first))
+    with pytest.raises(ValueError, match="set_epoch: epoch: expected an integer >= 0"):
+        loader.set_epoch(-1)
+    test = ds.loader("test", batch_size=5)
+    assert not test.train and not test.augment
+    xb, yb = next(iter(test))
+    np.testing.assert_array_equal(yb, ds.y_test[:5])
+    np.testing.assert_allclose(xb, ((ds.x_test[:5] / 255.0 - ds.mean[None, :, None, None])
+                                    / ds.std[None, :, None, None]), rtol=1e-6, atol=1e-5)
+    assert not ds.loader("train", 16, augment=False).augment
+    with pytest.raises(ValueError, match="split: expected 'train' or 'test', got 'val'"):
+        ds.loader("val")

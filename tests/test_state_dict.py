@@ -138,5 +138,5 @@ def test_cli_eval_of_a_checkpoint_with_a_missing_tensor_is_a_one_line_error(tmp_
     the key in one error line (status 2), not a KeyError traceback."""
     path, out = eval_checkpoint(tmp_path, "max", lambda state: state.pop("conv2.weight"))
     assert out.returncode == 2, out.stdout + out.stderr
-    assert f"minignn eval: error: eval: {path!r}: load_state_dict: missing keys ['conv2.weight']" in out.stderr, out.stderr
+    assert f"minignn eval: error: {path!r}: load_state_dict: missing keys ['conv2.weight']" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from minignn.checks import int_at_least
+from minignn.checks import OneLineParser, int_at_least
 
 BENCHMARKS = {
     "layers": ("minignn.bench.layers", "bench_layers"),
@@ -41,8 +41,8 @@ def _unknown_message(unknown) -> str:
 
 
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = p or argparse.ArgumentParser(prog="minignn bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = p or OneLineParser(prog="minignn bench", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("names", nargs="*", metavar="NAME",
                    help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
     p.add_argument("--repeats", type=int_at_least(1), default=None,

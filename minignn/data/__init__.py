@@ -12,6 +12,10 @@ random crop + horizontal flip) for training.
 >>> xb, yb = next(loader.batches(epoch=0))
 >>> xb.shape, xb.dtype, yb.dtype
 ((128, 3, 32, 32), dtype('float32'), dtype('int64'))
+>>> len(ds), ds[0][0].shape, len(ds.test)             # a Dataset is a sequence of its training pairs
+(2048, (3, 32, 32), 512)
+>>> for xb, yb in ds.loader("train", batch_size=128):  # one epoch; the next loop runs the next epoch
+...     pass
 
 CIFAR data are looked for in one data root: ``data_dir`` (``--data-dir``), else ``$MINIGNN_DATA``,
 else ``~/.cache/minignn/data`` (``$XDG_CACHE_HOME`` honoured); see :mod:`minignn.data.cifar`.
@@ -20,12 +24,12 @@ from __future__ import annotations
 
 from .cifar import (ENV_VAR, SPECS, ChecksumError, CorruptDataError, DatasetNotFoundError, load_cifar,
                     resolve_data_root)
-from .loader import BatchLoader, Dataset, augment_params, channel_stats, crop_flip, normalize
+from .loader import BatchLoader, Dataset, Split, augment_params, channel_stats, crop_flip, normalize
 from .synthetic import synthetic_dataset
 
 DATASETS = ("cifar10", "cifar100", "synthetic")
 
-__all__ = ["DATASETS", "load_dataset", "Dataset", "BatchLoader", "synthetic_dataset", "load_cifar",
+__all__ = ["DATASETS", "load_dataset", "Dataset", "Split", "BatchLoader", "synthetic_dataset", "load_cifar",
            "resolve_data_root", "channel_stats", "augment_params", "crop_flip", "normalize",
            "DatasetNotFoundError", "CorruptDataError", "ChecksumError", "ENV_VAR", "SPECS"]
 

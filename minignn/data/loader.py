@@ -43,7 +43,7 @@ from minignn.checks import check_positive_int, check_probability
 PERM_TAG = 0x5045524D  # "PERM": the per-epoch permutation stream
 AUG_TAG = 0x41554721   # "AUG!": the per-batch augmentation stream
 
-__all__ = ["Dataset", "channel_stats", "BatchLoader", "epoch_permutation", "augment_params",
+__all__ = ["Dataset", "Split", "channel_stats", "BatchLoader", "epoch_permutation", "augment_params",
            "crop_flip", "normalize", "make_batch_xp", "make_batch_cpu", "augment_normalize_cpu",
            "PERM_TAG", "AUG_TAG"]
 
@@ -110,9 +110,91 @@ class Dataset:
         return replace(self, x_train=self.x_train[tr], y_train=self.y_train[tr],
                        x_test=self.x_test[te], y_test=self.y_test[te])
 
+    # --- the sequence protocol: a Dataset behaves like its training split -------------------
+    @property
+    def train(self) -> "Split":
+        """The training images and labels as a :class:`Split` (``len``, indexing, ``loader``)."""
+        return Split(self, "train", self.x_train, self.y_train)
+
+    @property
+    def test(self) -> "Split":
+        """The test images and labels as a :class:`Split`."""
+        return Split(self, "test", self.x_test, self.y_test)
+
+    def __len__(self) -> int:
+        """The number of training images (``len(ds.test)`` for the test set)."""
+        return len(self.y_train)
+
+    def __getitem__(self, index):
+        """``ds[i]``: training image ``i`` and its label, ``(uint8 (C, H, W), int)``; see
+        :meth:`Split.__getitem__` (``ds.test[i]`` for the test set)."""
+        return self.train[index]
+
+    def loader(self, split: str = "train", batch_size: int = 128, *, augment: bool | None = None,
+               seed: int = 0, drop_last: bool = False) -> "BatchLoader":
+        """A :class:`BatchLoader` over ``split`` ("train" or "test"), normalised with this dataset's
+        mean and std: for "train" shuffled each epoch and (by default) augmented, for "test" in the
+        stored order and not augmented."""
+        if split not in ("train", "test"):
+            raise ValueError(f"Dataset.loader: split: expected 'train' or 'test', got {split!r}")
+        return getattr(self, split).loader(batch_size, augment=augment, seed=seed, drop_last=drop_last)
+
     def __repr__(self) -> str:  # the arrays are too big for the default repr
         return (f"Dataset(name={self.name!r}, train={self.x_train.shape}, test={self.x_test.shape},"
                 f" classes={self.num_classes}, source={self.source!r})")
+
+
+class Split:
+    """One split of a :class:`Dataset` (``ds.train`` or ``ds.test``): a sequence of
+    ``(image, label)`` pairs over the dataset's arrays (nothing is copied).
+
+    ``len(split)`` is its number of images; ``split[i]`` is ``(uint8 (C, H, W), int)`` with
+    ``i`` an integer (negative counts from the end); ``split[a:b]`` or ``split[[i, j, ...]]`` is
+    ``(uint8 (n, C, H, W), int64 (n,))``. Iterating yields the pairs one by one; for batches of
+    normalised float32 images use :meth:`loader`.
+    """
+
+    def __init__(self, dataset: Dataset, name: str, x: np.ndarray, y: np.ndarray):
+        self.dataset, self.name, self.x, self.y = dataset, name, x, y
+        self.classes = dataset.classes
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index):
+        where = f"Dataset.{self.name}[index]"
+        n = len(self.y)
+        if isinstance(index, (bool, np.bool_)):
+            raise TypeError(f"{where}: expected an integer, a slice or a list of integers, got {index!r}")
+        if isinstance(index, (int, np.integer)):
+            if not -n <= index < n:
+                raise IndexError(f"{where}: expected -{n} <= index < {n} ({n} {self.name} images), got {index}")
+            return self.x[index], int(self.y[index])
+        if isinstance(index, slice):
+            return self.x[index], self.y[index]
+        idx = np.asarray(index)
+        if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+            raise TypeError(f"{where}: expected an integer, a slice or a list of integers, got {index!r}")
+        idx = idx.astype(np.int64)
+        if idx.size and not ((-n <= idx) & (idx < n)).all():
+            raise IndexError(f"{where}: indices must lie in [-{n}, {n}) ({n} {self.name} images); got"
+                             f" {int(idx.min())}..{int(idx.max())}")
+        return self.x[idx], self.y[idx]
+
+    def __iter__(self):
+        for i in range(len(self.y)):
+            yield self.x[i], int(self.y[i])
+
+    def loader(self, batch_size: int = 128, *, augment: bool | None = None, seed: int = 0,
+               drop_last: bool = False) -> "BatchLoader":
+        """A :class:`BatchLoader` over this split, normalised with the dataset's mean and std;
+        the training split is shuffled every epoch and, unless ``augment=False``, augmented."""
+        train = self.name == "train"
+        return BatchLoader(self.x, self.y, batch_size, train=train, augment=train if augment is None else augment,
+                           mean=self.dataset.mean, std=self.dataset.std, seed=seed, drop_last=drop_last)
+
+    def __repr__(self) -> str:
+        return f"Split({self.dataset.name!r}, {self.name!r}, images={tuple(self.x.shape)})"
 
 
 def channel_stats(x: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
@@ -363,7 +445,11 @@ class BatchLoader:
     pad : int >= 0, default 4
     flip_p : float in [0, 1], default 0.5
 
-    Yields (from :meth:`batches`)
+    Iterating (``for xb, yb in loader``) runs one epoch; each new loop runs the next epoch
+    (:attr:`epoch`, :meth:`set_epoch`). :meth:`batches` ``(epoch, start)`` gives any epoch's
+    batches from any point, and :meth:`batch` one batch on its own.
+
+    Yields (from :meth:`batches` and iteration)
     ------
     xb : np.ndarray, float32, shape (B, C, H, W), normalised
     yb : np.ndarray, int64, shape (B,)
@@ -400,7 +486,26 @@ class BatchLoader:
         self.flip_p = check_probability(flip_p, "flip_p", where, upper_open=False)
 
     def __len__(self) -> int:
+        """Batches per epoch."""
         return self.num_batches(0)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next ``for xb, yb in loader`` runs (0 at first)."""
+        return self.__dict__.get("_epoch", 0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration run ``epoch`` (its shuffle and augmentation), as PyTorch's
+        ``DistributedSampler.set_epoch``: ``for e in range(E): loader.set_epoch(e); for ...``."""
+        self._epoch = _check_seed(epoch, "epoch", "BatchLoader.set_epoch")
+
+    def __iter__(self):
+        """``for xb, yb in loader``: the batches of epoch :attr:`epoch`, after which the loader moves on
+        to the next epoch, so each loop over it draws a fresh shuffle and augmentation (the same
+        batches as ``batches(epoch)``; call :meth:`set_epoch` to choose the epoch)."""
+        epoch = self.epoch
+        self._epoch = epoch + 1     # advanced when the iteration starts: a loop broken early still moves on
+        return self.batches(epoch)
 
     @property
     def num_samples(self) -> int:
