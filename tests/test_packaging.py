@@ -150,3 +150,31 @@ def test_cuda_sources_are_package_data(built):
         folder, *rest = rel.parts
         target = "/".join((ROOTS[folder].replace(".", "/"), *rest))
         assert target in names, f"{rel} is not in the wheel as {target}"
+
+
+SOURCE_ROOT_RUN = r"""
+import sys
+# forget the editable install: only the source folder on sys.path, as after a plain
+# 'pip install .' followed by 'python -m minignn' in the repository root
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+sys.path[:] = [sys.argv[1]] + [p for p in sys.path if p and "__editable__" not in p]
+sys.path_importer_cache.clear()
+import minignn, minignn.layers, minignn.layers.maxent
+from minignn.cli import main
+print(minignn.__file__)
+print(minignn.layers.__file__)
+sys.exit(main(["pools"]))
+"""
+
+
+def test_the_command_runs_from_the_source_root_without_an_editable_install(tmp_path):
+    """In the repository root the source folder minignn/ shadows any installed copy, and layers/
+    sits beside it: ``python -m minignn`` there must still find minignn.layers."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", SOURCE_ROOT_RUN, str(root)], cwd=root, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == str(root / "minignn" / "__init__.py")
+    assert lines[1] == str(root / "layers" / "__init__.py")
+    assert lines[2].startswith("pool ") and any(line.startswith("gfgp ") for line in lines)
