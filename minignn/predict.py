@@ -25,6 +25,8 @@ import os
 import numpy as np
 
 from . import backend
+from .data.loader import normalize
+from .loss import _log_softmax
 
 __all__ = ["read_image", "prepare", "probabilities", "predict", "add_parser", "cmd_predict"]
 
@@ -72,7 +74,8 @@ def read_image(path, image_shape=(3, 32, 32)) -> tuple[np.ndarray, tuple[int, in
 
 
 def prepare(images: np.ndarray, mean, std) -> np.ndarray:
-    """uint8 images (N, C, H, W) -> float32 ``(images / 255 - mean[c]) / std[c]``."""
+    """uint8 images (N, C, H, W) -> float32 ``(images / 255 - mean[c]) / std[c]``, checked, then
+    computed by :func:`minignn.data.loader.normalize` (as the training batches are)."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4:
         raise TypeError(f"prepare: images: expected uint8 pixels (N, C, H, W), got {images.dtype} {images.shape}")
@@ -81,7 +84,7 @@ def prepare(images: np.ndarray, mean, std) -> np.ndarray:
     if mean.shape[1] != images.shape[1] or std.shape[1] != images.shape[1]:
         raise ValueError(f"prepare: mean, std: expected {images.shape[1]} values each (one per channel), got"
                          f" {mean.shape[1]} and {std.shape[1]}")
-    return ((images / 255.0 - mean) / std).astype(np.float32)
+    return normalize(images, mean.reshape(-1), std.reshape(-1))   # the training batches' arithmetic
 
 
 def probabilities(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -95,10 +98,7 @@ def probabilities(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         out = []
         for i in range(0, len(x), batch_size):
             logits = backend.to_numpy(model.forward(backend.to_device(x[i:i + batch_size], device)))
-            z = logits.astype(np.float64)
-            z -= z.max(axis=1, keepdims=True)
-            e = np.exp(z)
-            out.append(e / e.sum(axis=1, keepdims=True))
+            out.append(np.exp(_log_softmax(logits.astype(np.float64), np)))
     finally:
         model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, 0))
@@ -161,7 +161,8 @@ def cmd_predict(args) -> int:
     from .checkpoint import dumps_json
     from .saving import load, resolve_model_file
 
-    model = load(args.checkpoint, device=args.device)
+    checkpoint = resolve_model_file(args.checkpoint)     # a run folder: its best.npz, else checkpoint.npz
+    model = load(checkpoint, device=args.device)
     shape, mean, std = _model_inputs(model)
     read = [read_image(p, shape) for p in args.images]     # every file checked before the model runs
     probs = probabilities(model, prepare(np.stack([r[0] for r in read]), mean, std))
@@ -172,7 +173,7 @@ def cmd_predict(args) -> int:
         for path, (_, size), row in zip(args.images, read, probs):
             preds.append({"image": path, "size": list(size),
                           "top": [{"class": classes[i], "label": int(i), "prob": float(row[i])} for i in _top(row, k)]})
-        print(dumps_json({"checkpoint": resolve_model_file(args.checkpoint), "predictions": preds}))
+        print(dumps_json({"checkpoint": checkpoint, "predictions": preds}))
         return 0
     for path, (_, size), row in zip(args.images, read, probs):
         resized = "" if tuple(size) == (shape[2], shape[1]) else f"  (resized from {size[0]}x{size[1]})"
