@@ -46,6 +46,7 @@ import os
 import signal
 import sys
 
+from .backend import DEVICES
 from .checks import OneLineParser, int_at_least
 from .layers.registry import POOLINGS, format_options, validate_options
 from .models import MODELS
@@ -171,7 +172,7 @@ def _train_parser(sub):
     g.add_argument("--label-smoothing", type=_fraction, default=None, help=f"in [0, 1) (default {d.label_smoothing})")
     g.add_argument("--seed", type=_nonneg_int, default=None, help=f"(default {d.seed})")
     g = p.add_argument_group("run")
-    g.add_argument("--device", choices=("cpu", "gpu"), default=None, help=f"(default {d.device})")
+    g.add_argument("--device", choices=DEVICES, default=None, help=f"(default {d.device})")
     g.add_argument("--out", default=None, help="run folder (default runs/<model>-<pool>-<dataset>-<timestamp>); one"
                    " that holds a run is refused without --overwrite")
     g.add_argument("--overwrite", action="store_true",
@@ -338,7 +339,7 @@ def _eval_parser(sub):
     p.add_argument("--data-dir", default=None, help="data root (default: the one saved in the checkpoint, else"
                    " $MINIGNN_DATA, else the cache folder)")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="evaluate on this dataset instead of the saved one")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="(default cpu)")
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="(default cpu)")
     p.add_argument("--batch-size", type=_pos_int, default=256, help="(default 256)")
     p.add_argument("--limit-test", type=_pos_int, default=None, metavar="N", help="a fixed random subset of N test images")
     p.add_argument("--allow-partial-data", action="store_true",
@@ -381,7 +382,8 @@ def cmd_eval(args) -> int:
         raise CheckpointError(f"eval: {path!r}: {e.args[0] if e.args else e}") from e
     if args.device != "cpu":
         model.to(args.device)
-    loader = BatchLoader(ds.x_test, ds.y_test, args.batch_size, train=False, augment=False, mean=ds.mean,
+    x_test = backend.to_device(ds.x_test, args.device) if args.device != "cpu" else ds.x_test
+    loader = BatchLoader(x_test, ds.y_test, args.batch_size, train=False, augment=False, mean=ds.mean,
                          std=ds.std, seed=config.seed)
     r = evaluate(model, loader, args.device, progress=progress, desc=f"eval {name}", collect_lam=True)
     result = {"checkpoint": path, "model": config.model, "pool": config.pool, "dataset": name, "images": r["n"],

@@ -11,7 +11,8 @@ imports those modules the first time it is read. An op record holds:
   no gradient) and takes one upstream gradient for each of the first ``grad_outputs`` outputs.
   ``backward`` is None for an op without one (the SGD update, the augmentation).
 * ``reference``: ``(forward, backward)`` in plain NumPy, the same convention: the oracle.
-* ``cpu`` and ``gpu``: the device kernels the public path hands the work to, as a
+* ``cpu`` and ``gpu``: the device kernels the public path hands the work to (``gpu`` serves the
+  ``gpu-sim`` device too: the same glue and CUDA kernels, run on the CPU), as a
   :class:`Kernels` record (the op's own calling convention), :data:`XP` for code written once
   against ``xp`` (NumPy or CuPy) that has no kernel of its own, or None: not on that device yet.
   ``gpu`` may also be a ``"package.module:NAME"`` string, imported on first use, so that CuPy
@@ -98,7 +99,7 @@ class Op:
         the op has no kernel there yet."""
         if device not in DEVICES:
             raise ValueError(f"device: expected one of {DEVICES}, got {device!r}")
-        s = self.cpu if device == "cpu" else self.gpu
+        s = self.cpu if device == "cpu" else self.gpu     # gpu-sim runs the GPU code itself
         if isinstance(s, str) and s != XP:
             mod, _, attr = s.partition(":")
             s = getattr(importlib.import_module(mod), attr)
@@ -157,7 +158,7 @@ def register(op: Op) -> Op:
     """Add ``op`` to the table (each name once); returns it."""
     if op.name in OPS._ops:
         raise ValueError(f"register: an op named {op.name!r} is already registered")
-    for device in DEVICES:
+    for device in ("cpu", "gpu"):
         s = op.cpu if device == "cpu" else op.gpu
         if not (s is None or s == XP or isinstance(s, (Kernels, str))):
             raise TypeError(f"register: {op.name}.{device}: expected Kernels, XP, a 'module:NAME' string or None,"
@@ -173,5 +174,6 @@ def kernels(name: str, x) -> Kernels:
     device = backend.device_of(x)
     k = op.slot(device)
     if k is None:
-        raise NotImplementedError(f"{name}: no GPU kernel yet; move the data to the CPU with to_device(x, 'cpu')")
+        raise NotImplementedError(f"{name}: no GPU kernel yet (array on {device}); move the data to the CPU with"
+                                  f" to_device(x, 'cpu')")
     return k

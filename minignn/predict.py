@@ -150,7 +150,7 @@ def add_parser(sub):
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, anything Pillow reads)")
     p.add_argument("--top", type=_pos_int, default=3, metavar="K",
                    help="how many classes to print per image (default 3; at most the number of classes)")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="(default cpu)")
+    p.add_argument("--device", choices=backend.DEVICES, default="cpu", help="(default cpu)")
     p.add_argument("--json", action="store_true", help="print one JSON object: the checkpoint and, per image, its"
                    " top classes with label and probability")
     p.set_defaults(func=cmd_predict)

@@ -321,6 +321,15 @@ class _LamRecorder:
         return {n: np.concatenate(v) for n, v in self.samples.items() if v}
 
 
+def out_of_memory_message(e: BaseException, device: str, batch_size: int) -> str:
+    """One line for running out of memory: which memory, at which batch size, what to lower."""
+    where = "GPU" if device == "gpu" else "host"
+    smaller = max(1, batch_size // 2)
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return (f"out of {where} memory at batch size {batch_size} ({first}); lower --batch-size"
+            f" (e.g. --batch-size {smaller})")
+
+
 def evaluate(model, loader, device: str = "cpu", criterion=None, progress: bool = False, desc: str = "eval",
              collect_lam: bool = False, guard=None) -> dict:
     """Loss and accuracy of ``model`` (put in eval mode) over every batch of ``loader`` (epoch 0).
@@ -471,6 +480,8 @@ class Trainer:
     def _loader(self, x, y, batch_size, train):
         from .data import BatchLoader
         c = self.config
+        if c.device != "cpu":   # the images live on the device for the whole run: no host copy per batch
+            x = backend.to_device(x, c.device)
         return BatchLoader(x, y, batch_size, train=train, augment=train and c.augment, mean=self.dataset.mean,
                            std=self.dataset.std, seed=c.seed, drop_last=train and c.drop_last)
 
@@ -631,6 +642,8 @@ class Trainer:
             except KeyboardInterrupt as e:
                 self._on_interrupt(getattr(e, "signum", signal.SIGINT))
                 raise
+            except MemoryError as e:   # CuPy's OutOfMemoryError is one; the last checkpoint stays
+                raise RuntimeError(out_of_memory_message(e, c.device, c.batch_size)) from e
         return self._finish()
 
     # --- the run folder -------------------------------------------------------------------------

@@ -1,9 +1,14 @@
 """Shared test settings: Hypothesis profiles and the per-device parametrisation.
 
-Every op's tests run once per device. GPU runs are reported as *skipped with the reason* on a
-machine without a usable CUDA GPU, never silently absent.
+Every op's tests run once per device: cpu, gpu-sim (the GPU code on the CPU) and gpu. GPU runs
+are reported as *skipped with the reason* on a machine without a usable CUDA GPU, gpu-sim runs
+on a machine without a C++ compiler; never silently absent. Every gpu-sim launch in the tests
+runs twice, in two block and thread orders, and must give bitwise-equal outputs
+(``MINIGNN_SIM_CHECK=1``, see minignn/cuda/sim.py).
 """
 import os
+
+os.environ.setdefault("MINIGNN_SIM_CHECK", "1")
 
 import numpy as np
 import pytest
@@ -26,12 +31,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 _GPU_SKIP = pytest.mark.skipif(not backend.gpu_available(),
                                reason=f"no usable GPU: {backend.gpu_unavailable_reason() or 'n/a'}")
 
-DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("gpu", id="gpu", marks=[pytest.mark.gpu, _GPU_SKIP])]
+_SIM_SKIP = pytest.mark.skipif(bool(backend.sim_unavailable_reason()),
+                               reason=f"no gpu-sim: {backend.sim_unavailable_reason() or 'n/a'}")
+
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("gpu-sim", id="gpu-sim", marks=[_SIM_SKIP]),
+           pytest.param("gpu", id="gpu", marks=[pytest.mark.gpu, _GPU_SKIP])]
 
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    """'cpu' or 'gpu' (the latter skipped with the reason when no GPU is usable)."""
+    """'cpu', 'gpu-sim' or 'gpu' (skipped with the reason when the machine cannot run it)."""
     return request.param
 
 

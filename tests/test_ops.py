@@ -29,6 +29,7 @@ from minignn.ops import OPS
 
 NO_JIT = os.environ.get("NUMBA_DISABLE_JIT") == "1"
 _GPU_REASON = "" if backend.gpu_available() else f"no usable GPU: {backend.gpu_unavailable_reason()}"
+_SIM_REASON = backend.sim_unavailable_reason()
 
 
 def _params(names):
@@ -39,10 +40,12 @@ def _params(names):
             marks = []
             op = OPS[name]
             if not op.supports(device):
-                marks.append(pytest.mark.skip(reason=f"{name}: no {device.upper()} kernel yet for "
+                marks.append(pytest.mark.skip(reason=f"{name}: no {'GPU' if device != 'cpu' else 'CPU'} kernel yet for "
                                                      f"{', '.join(op.missing(device))}"))
             elif device == "gpu" and _GPU_REASON:
                 marks.append(pytest.mark.skip(reason=f"{name}: {_GPU_REASON}"))
+            elif device == "gpu-sim" and _SIM_REASON:
+                marks.append(pytest.mark.skip(reason=f"{name}: no gpu-sim: {_SIM_REASON}"))
             if device == "gpu":
                 marks.append(pytest.mark.gpu)
             out.append(pytest.param(name, device, id=f"{name}-{device}", marks=marks))
@@ -130,6 +133,31 @@ def test_matches_reference(name, device, dtype, data):
             np.testing.assert_array_equal(_host(a), b, err_msg=f"{name}: input {i} was modified")
 
 
+ON_GPU = [p for p in ALL if p.values[1] != "cpu"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name, device", ON_GPU)
+@given(data=st.data())
+def test_gpu_devices_agree_with_the_cpu_kernels(name, device, dtype, data):
+    """The same inputs through the CPU kernels and through the GPU code (on gpu-sim or a GPU):
+    outputs and gradients within the op's tolerance of each other."""
+    op = OPS[name]
+    case = op.sample(HypothesisDraw(data), dtype)
+    outs_c, saved_c = op.forward(*case.inputs, **case.params)
+    outs_d, saved_d = op.forward(*[_dev(a, device) for a in case.inputs], **case.params)
+    tol = op.tol(dtype)
+    for i, (c, d) in enumerate(zip(outs_c, outs_d)):
+        _compare(d, None if c is None else _host(c), f"{name}: output {i}, {device} vs cpu", tol)
+    if op.backward is not None:
+        rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="gy seed"))
+        gys = [rng.standard_normal(np.shape(_host(outs_c[i]))).astype(dtype) for i in range(op.grad_outputs)]
+        grads_c = op.backward(saved_c, *gys)
+        grads_d = op.backward(saved_d, *[_dev(g, device) for g in gys])
+        for i, (c, d) in enumerate(zip(grads_c, grads_d)):
+            _compare(d, None if c is None else _host(c), f"{name}: gradient of input {i}, {device} vs cpu", tol)
+
+
 @pytest.mark.skipif(NO_JIT, reason="plain-Python kernels: the reference check is enough there")
 @pytest.mark.parametrize("name, device", DIFFERENTIABLE)
 @given(data=st.data())
@@ -192,13 +220,22 @@ def test_the_table_lists_every_op_with_a_reference_and_a_cpu_path():
         assert all(n in OPS for n in op.needs), name
 
 
-def test_dispatch_names_the_op_without_a_gpu_kernel():
+def test_dispatch_picks_the_device_kernels_and_names_an_op_without_a_gpu_kernel():
     from minignn import ops
     fake_gpu_array = type("ndarray", (), {"__module__": "cupy._core.core"})()
+    sim_array = backend.to_device(np.zeros(3), "gpu-sim") if not _SIM_REASON else backend.SimArray(3)
     assert ops.kernels("max_pool2d", np.zeros(3)) is OPS["max_pool2d"].cpu
-    with pytest.raises(NotImplementedError, match="max_pool2d: no GPU kernel yet"):
-        ops.kernels("max_pool2d", fake_gpu_array)
+    assert ops.kernels("max_pool2d", fake_gpu_array) is OPS["max_pool2d"].slot("gpu")
+    assert ops.kernels("max_pool2d", sim_array) is OPS["max_pool2d"].slot("gpu")   # the same GPU glue
     assert ops.kernels("relu", fake_gpu_array) is OPS["relu"].gpu
+    op = OPS["relu"]
+    OPS._ops["cpu_only"] = ops.Op("cpu_only", "", op.forward, op.backward, op.reference, cpu=op.cpu, gpu=None)
+    try:
+        for a, device in ((fake_gpu_array, "gpu"), (sim_array, "gpu-sim")):
+            with pytest.raises(NotImplementedError, match=f"cpu_only: no GPU kernel yet \\(array on {device}\\)"):
+                ops.kernels("cpu_only", a)
+    finally:
+        del OPS._ops["cpu_only"]
     with pytest.raises(KeyError, match="op: expected one of"):
         ops.kernels("no_such_op", np.zeros(3))
 
@@ -214,5 +251,9 @@ def test_register_rejects_duplicates_and_bad_slots_and_resolves_lazy_gpu_kernels
                   gpu="minignn.layers.activation:_relu_fwd_xp")
     from minignn.layers.activation import _relu_fwd_xp
     assert lazy.slot("gpu") is _relu_fwd_xp and lazy.supports("gpu")
-    assert ops.Op("dep", "", op.forward, op.backward, op.reference, cpu=ops.XP, gpu=ops.XP,
-                  needs=("max_pool2d",)).missing("gpu") == ["max_pool2d"]
+    OPS._ops["cpu_only"] = ops.Op("cpu_only", "", op.forward, op.backward, op.reference, cpu=op.cpu, gpu=None)
+    try:
+        dep = ops.Op("dep", "", op.forward, op.backward, op.reference, cpu=ops.XP, gpu=ops.XP, needs=("cpu_only",))
+        assert dep.missing("gpu") == dep.missing("gpu-sim") == ["cpu_only"] and dep.supports("cpu")
+    finally:
+        del OPS._ops["cpu_only"]

@@ -290,6 +290,6 @@ def _backward_ref(saved, gy):
 ops.register(ops.Op(
     "maxent_pool2d", "softmax-weighted mean over each window (Eq. 6-10), every lam and rho form",
     forward=_forward, backward=lambda saved, gy: maxent_pool2d_backward(gy, saved),
-    reference=(_forward_ref, _backward_ref), cpu=ops.Kernels(_forward_cpu, _backward_cpu), gpu=None,
+    reference=(_forward_ref, _backward_ref), cpu=ops.Kernels(_forward_cpu, _backward_cpu), gpu="minignn.layers.maxent.gpu:KERNELS",
     sample=_sample, gradcheck=dict(max_checks=12),
     tol=lambda dtype: dict(rtol=2e-4, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-10)))

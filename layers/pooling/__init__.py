@@ -205,13 +205,13 @@ ops.register(ops.Op(
     "max_pool2d", "max over each window's real cells; the first maximum wins, NaN propagates",
     forward=_max_forward, backward=_max_backward,
     reference=(_max_forward_ref, lambda saved, gy: (_ref.maxpool2d_backward_ref(gy, *saved),)),
-    cpu=ops.Kernels(_max_fwd_cpu, _max_bwd_cpu), gpu=None, sample=_sample))
+    cpu=ops.Kernels(_max_fwd_cpu, _max_bwd_cpu), gpu="minignn.layers.pooling.gpu:MAX", sample=_sample))
 
 ops.register(ops.Op(
     "avg_pool2d", "mean over each window's real cells (padding not counted)",
     forward=_avg_forward, backward=_avg_backward,
     reference=(_avg_forward_ref, lambda saved, gy: (_ref.avgpool2d_backward_ref(gy, saved[0], *saved[1]),)),
-    cpu=ops.Kernels(_avg_fwd_cpu, _avg_bwd_cpu), gpu=None, sample=_sample))
+    cpu=ops.Kernels(_avg_fwd_cpu, _avg_bwd_cpu), gpu="minignn.layers.pooling.gpu:AVG", sample=_sample))
 
 ops.register(ops.Op(
     "global_avg_pool2d", "mean over H and W: (N, C, H, W) -> (N, C)",

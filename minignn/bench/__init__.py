@@ -50,6 +50,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                         f"{TINY_REPEATS} with --tiny)")
     p.add_argument("--batch-size", type=int_at_least(1), default=None,
                    help="batch size for the vgg benchmark (default: 128; 2 with --tiny)")
+    p.add_argument("--device", choices=("cpu", "gpu", "gpu-sim"), default="cpu",
+                   help="cpu (default): every benchmark; gpu or gpu-sim: the maxent and vgg benchmarks on that"
+                        " device (CUDA-event timing on gpu; gpu-sim runs the GPU code on the CPU)")
     p.add_argument("--tiny", action="store_true",
                    help="small shapes and one repeat: checks that the benchmarks run, in seconds")
     return p
@@ -66,6 +69,9 @@ def run(args) -> int:
         raise ValueError(_unknown_message(unknown))
     tiny = bool(getattr(args, "tiny", False))
     repeats = args.repeats if args.repeats is not None else (TINY_REPEATS if tiny else REPEATS)
+    device = getattr(args, "device", "cpu")
+    if device != "cpu":
+        return _run_on_device(device, args.names, repeats, tiny, args.batch_size)
     import numba
     gemm = gemm_rate(**TINY_GEMM) if tiny else gemm_rate()
     print(f"threads: {numba.config.NUMBA_NUM_THREADS}; copy bandwidth {bandwidth(tiny) / 1e9:.1f} GB/s "
@@ -86,6 +92,28 @@ def run(args) -> int:
     return 0
 
 
+def _run_on_device(device, names, repeats, tiny, batch_size) -> int:
+    from minignn import backend
+
+    from . import device as dev
+    names = names or list(dev.BENCHMARKS)
+    other = [n for n in names if n not in dev.BENCHMARKS]
+    if other:
+        raise ValueError(f"--device {device}: benchmarks on a GPU device are {', '.join(dev.BENCHMARKS)};"
+                         f" got {', '.join(other)} (run those with --device cpu)")
+    backend.check_device(device)
+    print(f"device: {dev.describe(device)}", flush=True)
+    if tiny:
+        print("tiny mode: small shapes, a check that the benchmarks run, not a measurement", flush=True)
+    for name in names:
+        kw = dict(device=device, repeats=repeats, tiny=tiny)
+        if name == "vgg":
+            kw["batch_size"] = batch_size
+        print(flush=True)
+        dev.BENCHMARKS[name](**kw)
+    return 0
+
+
 def main(argv=None) -> int:
     """Entry point of ``minignn bench``: parses ``argv`` and runs; returns the exit status (a usage
     error exits with status 2 through argparse, naming the flag or the unknown benchmark)."""
@@ -94,4 +122,16 @@ def main(argv=None) -> int:
     unknown = unknown_names(args.names)
     if unknown:
         parser.error(_unknown_message(unknown))
+    if args.device != "cpu":            # a benchmark not on devices, a device that cannot run here
+        from minignn import backend
+
+        from .device import BENCHMARKS as ON_DEVICE
+        other = [n for n in args.names if n not in ON_DEVICE]
+        if other:
+            parser.error(f"--device {args.device}: benchmarks on a GPU device are {', '.join(ON_DEVICE)};"
+                         f" got {', '.join(other)} (run those with --device cpu)")
+        try:
+            backend.check_device(args.device)
+        except RuntimeError as e:
+            parser.error(str(e))
     return run(args)

@@ -24,9 +24,11 @@ Augmentation (the usual CIFAR recipe, as in torchvision)
 
 Two implementations of one batch (gather + crop + flip + normalise), the kernels of the
 ``augment`` op of :mod:`minignn.ops`, chosen by array type (:func:`make_batch`): on the CPU one fused, parallel Numba kernel
-(:func:`augment_normalize_cpu`, a single pass from the uint8 dataset to the float32 batch); for
-CuPy arrays the same steps in device-agnostic ``xp`` code (:func:`crop_flip`, :func:`normalize`),
-vectorised over the batch. Both give the same numbers (tested). ``NUMBA_DISABLE_JIT=1`` runs the
+(:func:`augment_normalize_cpu`, a single pass from the uint8 dataset to the float32 batch); on
+``gpu`` and ``gpu-sim`` its CUDA twin (``kernels.cu``, launched by :mod:`minignn.data.gpu`) over
+the training set held on the device. The same steps in device-agnostic ``xp`` code
+(:func:`crop_flip`, :func:`normalize`, :func:`make_batch_xp`) are the readable version. All give
+the same numbers (tested). ``NUMBA_DISABLE_JIT=1`` runs the
 kernel as plain Python (slow, same results).
 """
 from __future__ import annotations
@@ -388,7 +390,9 @@ def make_batch_cpu(x, idx, dy, dx, flip, pad: int, mean, std):
 # --------------------------------------------------------------------------------------------
 def make_batch(x, idx, dy, dx, flip, pad: int, mean, std):
     """One float32 batch ``normalize(crop_flip(x[idx], dy, dx, flip, pad), mean, std)`` (no crop
-    and flip when ``dy`` is None) on x's device: :func:`make_batch_cpu` or :func:`make_batch_xp`."""
+    and flip when ``dy`` is None) on x's device: :func:`make_batch_cpu`, or on a GPU device
+    :func:`minignn.data.gpu.make_batch_gpu` (its CUDA kernel; :func:`make_batch_xp` is the same
+    batch in plain ``xp`` code)."""
     return ops.kernels("augment", x).forward(x, idx, dy, dx, flip, pad, mean, std)
 
 
@@ -419,7 +423,7 @@ def _sample_augment(draw, dtype):
 ops.register(ops.Op(
     "augment", "a training batch: gather, zero-padded random crop, horizontal flip, normalise (uint8 -> float32)",
     forward=lambda *inputs, **kw: ((make_batch(*inputs, **kw),), None), backward=None,
-    reference=(_augment_ref, None), cpu=ops.Kernels(make_batch_cpu), gpu=ops.Kernels(make_batch_xp),
+    reference=(_augment_ref, None), cpu=ops.Kernels(make_batch_cpu), gpu="minignn.data.gpu:AUGMENT",
     sample=_sample_augment, tol=lambda dtype: dict(rtol=1e-6, atol=1e-5)))
 
 
