@@ -19,7 +19,8 @@ statistics are constants, so ``gx = gamma / sqrt(var + eps) * gy``. In train mod
 the components of ``gy`` along the constant vector and along ``xhat``).
 
 The CPU kernels (``cpu.py``) fuse each pass per channel and accumulate in float64; the NumPy
-oracle is ``reference.py``. There is no GPU kernel yet (a CuPy array raises NotImplementedError).
+oracle is ``reference.py``. The GPU kernels (``kernels.cu``, launched by ``gpu.py``) follow the same
+numerics, with per-channel sums gathered per (image, channel) row and then over the images.
 """
 from __future__ import annotations
 
@@ -155,7 +156,7 @@ def _sample(draw, dtype):
 ops.register(ops.Op(
     "batchnorm2d", "per-channel normalisation with batch (train) or running (eval) statistics",
     forward=_forward, backward=_backward, reference=(_forward_ref, _backward_ref),
-    cpu=ops.Kernels(_fwd_cpu, _bwd_cpu), gpu=None, sample=_sample,
+    cpu=ops.Kernels(_fwd_cpu, _bwd_cpu), gpu="minignn.layers.batchnorm.gpu:KERNELS", sample=_sample,
     tol=lambda dtype: dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-11)))
 
 

@@ -24,7 +24,8 @@ Lowering
 
 Three large float32 GEMMs (BLAS) carry all the arithmetic; the column matrix spans the whole batch,
 so even a 2x2 feature map gives a wide product. Only the im2col/col2im copies are device
-kernels (Numba on the CPU); the rest is ``xp`` code shared by both devices.
+kernels (Numba on the CPU, CUDA in ``kernels.cu`` on a GPU); the rest is ``xp`` code shared by
+all devices.
 
 Buffers: the column matrix is kept from forward to backward (no second im2col), then overwritten
 in place by ``gcols``. A :class:`Conv2d` reuses its column and output-matrix buffers from one
@@ -299,7 +300,7 @@ ops.register(ops.Op(
     backward=lambda saved, gcols: (col2im(gcols, saved[0], *saved[1]),),
     reference=(lambda x, **g: ((_ref.im2col_ref(x, **g),), (x.shape, g)),
                lambda saved, gcols: (_ref.col2im_ref(gcols, saved[0], **saved[1]),)),
-    cpu=ops.Kernels(im2col_cpu, col2im_cpu), gpu=None, sample=_sample_im2col))
+    cpu=ops.Kernels(im2col_cpu, col2im_cpu), gpu="minignn.layers.conv.gpu:KERNELS", sample=_sample_im2col))
 
 ops.register(ops.Op(
     "conv2d", "2-D convolution (cross-correlation) as im2col and three GEMMs",

@@ -232,7 +232,8 @@ ops.register(ops.Op(
     forward=_global_forward, backward=lambda saved, gt: (global_stats_backward(gt, saved),),
     reference=(lambda x, stat: ((_ref.global_stats_reference(x, stat),), (x, stat)),
                lambda saved, gt: (_ref.global_stats_backward_reference(gt, saved[0], saved[1]),)),
-    cpu=ops.Kernels(_cpu.global_stats_fwd_cpu, _cpu.global_stats_bwd_cpu), gpu=None, sample=_sample_global))
+    cpu=ops.Kernels(_cpu.global_stats_fwd_cpu, _cpu.global_stats_bwd_cpu), gpu="minignn.layers.gfgp.gpu:KERNELS",
+    sample=_sample_global))
 
 ops.register(ops.Op(
     "gfgp_local_stats", "the statistics over each pooling window instead (the local ablation)",
