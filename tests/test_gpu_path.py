@@ -58,3 +58,55 @@ def test_running_out_of_memory_is_one_line_naming_the_batch_size(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "out of host memory at batch size 32" in err and "lower --batch-size (e.g. --batch-size 16)" in err
+
+
+class _SeededDraw:
+    """The ``draw`` of :mod:`minignn.cases` from a plain seed (a fixed sweep, not a search)."""
+
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def int(self, lo, hi):
+        return int(self.rng.integers(lo, hi + 1))
+
+    def choice(self, seq):
+        seq = list(seq)
+        return seq[int(self.rng.integers(len(seq)))]
+
+    def bool(self):
+        return bool(self.rng.integers(2))
+
+
+def _forward_backward(op, case, device):
+    dev = [backend.to_device(a, device) if isinstance(a, np.ndarray) else a for a in case.inputs]
+    outs, saved = op.forward(*dev, **case.params)
+    if op.backward is not None:
+        xp = backend.xp_for(device)
+        gys = [xp.ones(y.shape, dtype=y.dtype) if hasattr(y, "shape") and y.ndim > 0 else 1.0   # a scalar loss: a float
+               for y in outs[:op.grad_outputs]]
+        op.backward(saved, *gys)
+
+
+@needs_sim
+def test_every_cuda_kernel_is_launched_and_order_checked(monkeypatch):
+    """Every op of the table, forward and backward, on gpu-sim over a fixed sweep of its sample
+    cases (both dtypes), plus the geometries a sweep of small cases rarely reaches (max pooling
+    over windows of more than 127 cells, whose argmax is int32): every extern "C" kernel of
+    every .cu file of minignn runs, each launch twice in two block and thread orders."""
+    from minignn.cuda import SIM_CHECK_ENV, sim, toolchain
+    from minignn.layers.pooling import max_pool2d_backward, max_pool2d_forward
+    from minignn.ops import OPS
+
+    monkeypatch.setenv(SIM_CHECK_ENV, "1")
+    sim.launched.clear()
+    for name, op in OPS.items():
+        for seed in range(16):
+            for dtype in (np.float32, np.float64):
+                _forward_backward(op, op.sample(_SeededDraw([seed, len(name)]), dtype), "gpu-sim")
+    for dtype in (np.float32, np.float64):
+        x = backend.to_device(np.random.default_rng(0).standard_normal((1, 2, 13, 12)).astype(dtype), "gpu-sim")
+        y, arg = max_pool2d_forward(x, kernel_size=12, stride=1)
+        max_pool2d_backward(backend.xp_for("gpu-sim").ones(y.shape, dtype=dtype), arg, x.shape, 12, 1)
+    every = {(str(src.path), k) for src in toolchain.sources() for k in src.kernels}
+    missing = sorted(f"{p.rsplit('/', 2)[-2]}/{k}" for p, k in every - sim.launched)
+    assert len(every) > 30 and not missing, f"kernels never launched on gpu-sim: {missing}"
