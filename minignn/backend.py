@@ -182,9 +182,9 @@ def to_device(x, device: str):
     here = device_of(x)
     if here == device:
         return x
+    host = to_numpy(x)
     if device == "cpu":
-        return x.get() if is_gpu_array(x) else np.asarray(x)
-    host = x.get() if is_gpu_array(x) else np.asarray(x)
+        return host
     if device == "gpu-sim":
         return np.array(host, copy=True, order="K", subok=False).view(SimArray)
     return _import_cupy().asarray(host)

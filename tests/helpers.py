@@ -52,6 +52,24 @@ class HypothesisDraw:
         return self._data.draw(st.booleans())
 
 
+class SeededDraw:
+    """The same ``draw`` from a plain seed: a fixed sweep of cases, not a search
+    (``op.sample(SeededDraw(seed), dtype)``)."""
+
+    def __init__(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def int(self, lo, hi):
+        return int(self.rng.integers(lo, hi + 1))
+
+    def choice(self, seq):
+        seq = list(seq)
+        return seq[int(self.rng.integers(len(seq)))]
+
+    def bool(self):
+        return bool(self.rng.integers(2))
+
+
 def require(device, *ops):
     """Skip (visibly, naming the op) when one of ``ops`` has no kernel on ``device`` yet, as the op
     table says; a test never asserts that a missing kernel raises."""

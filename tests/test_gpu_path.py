@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 
+from helpers import SeededDraw
 from minignn import backend
 
 SIM = backend.sim_unavailable_reason()
@@ -60,23 +61,6 @@ def test_running_out_of_memory_is_one_line_naming_the_batch_size(tmp_path, capsy
     assert "out of host memory at batch size 32" in err and "lower --batch-size (e.g. --batch-size 16)" in err
 
 
-class _SeededDraw:
-    """The ``draw`` of :mod:`minignn.cases` from a plain seed (a fixed sweep, not a search)."""
-
-    def __init__(self, seed):
-        self.rng = np.random.default_rng(seed)
-
-    def int(self, lo, hi):
-        return int(self.rng.integers(lo, hi + 1))
-
-    def choice(self, seq):
-        seq = list(seq)
-        return seq[int(self.rng.integers(len(seq)))]
-
-    def bool(self):
-        return bool(self.rng.integers(2))
-
-
 def _forward_backward(op, case, device):
     dev = [backend.to_device(a, device) if isinstance(a, np.ndarray) else a for a in case.inputs]
     outs, saved = op.forward(*dev, **case.params)
@@ -102,7 +86,7 @@ def test_every_cuda_kernel_is_launched_and_order_checked(monkeypatch):
     for name, op in OPS.items():
         for seed in range(16):
             for dtype in (np.float32, np.float64):
-                _forward_backward(op, op.sample(_SeededDraw([seed, len(name)]), dtype), "gpu-sim")
+                _forward_backward(op, op.sample(SeededDraw([seed, len(name)]), dtype), "gpu-sim")
     for dtype in (np.float32, np.float64):
         x = backend.to_device(np.random.default_rng(0).standard_normal((1, 2, 13, 12)).astype(dtype), "gpu-sim")
         y, arg = max_pool2d_forward(x, kernel_size=12, stride=1)

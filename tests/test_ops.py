@@ -220,7 +220,17 @@ def test_the_table_lists_every_op_with_a_reference_and_a_cpu_path():
         assert all(n in OPS for n in op.needs), name
 
 
-def test_dispatch_picks_the_device_kernels_and_names_an_op_without_a_gpu_kernel():
+@pytest.fixture
+def cpu_only():
+    """A temporary op "cpu_only" in the table, ReLU's CPU kernels and no GPU slot."""
+    from minignn import ops
+    op = OPS["relu"]
+    OPS._ops["cpu_only"] = ops.Op("cpu_only", "", op.forward, op.backward, op.reference, cpu=op.cpu, gpu=None)
+    yield OPS["cpu_only"]
+    del OPS._ops["cpu_only"]
+
+
+def test_dispatch_picks_the_device_kernels_and_names_an_op_without_a_gpu_kernel(cpu_only):
     from minignn import ops
     fake_gpu_array = type("ndarray", (), {"__module__": "cupy._core.core"})()
     sim_array = backend.to_device(np.zeros(3), "gpu-sim") if not _SIM_REASON else backend.SimArray(3)
@@ -228,19 +238,14 @@ def test_dispatch_picks_the_device_kernels_and_names_an_op_without_a_gpu_kernel(
     assert ops.kernels("max_pool2d", fake_gpu_array) is OPS["max_pool2d"].slot("gpu")
     assert ops.kernels("max_pool2d", sim_array) is OPS["max_pool2d"].slot("gpu")   # the same GPU glue
     assert ops.kernels("relu", fake_gpu_array) is OPS["relu"].gpu
-    op = OPS["relu"]
-    OPS._ops["cpu_only"] = ops.Op("cpu_only", "", op.forward, op.backward, op.reference, cpu=op.cpu, gpu=None)
-    try:
-        for a, device in ((fake_gpu_array, "gpu"), (sim_array, "gpu-sim")):
-            with pytest.raises(NotImplementedError, match=f"cpu_only: no GPU kernel yet \\(array on {device}\\)"):
-                ops.kernels("cpu_only", a)
-    finally:
-        del OPS._ops["cpu_only"]
+    for a, device in ((fake_gpu_array, "gpu"), (sim_array, "gpu-sim")):
+        with pytest.raises(NotImplementedError, match=f"cpu_only: no GPU kernel yet \\(array on {device}\\)"):
+            ops.kernels("cpu_only", a)
     with pytest.raises(KeyError, match="op: expected one of"):
         ops.kernels("no_such_op", np.zeros(3))
 
 
-def test_register_rejects_duplicates_and_bad_slots_and_resolves_lazy_gpu_kernels():
+def test_register_rejects_duplicates_and_bad_slots_and_resolves_lazy_gpu_kernels(cpu_only):
     from minignn import ops
     op = OPS["relu"]
     with pytest.raises(ValueError, match="already registered"):
@@ -251,9 +256,5 @@ def test_register_rejects_duplicates_and_bad_slots_and_resolves_lazy_gpu_kernels
                   gpu="minignn.layers.activation:_relu_fwd_xp")
     from minignn.layers.activation import _relu_fwd_xp
     assert lazy.slot("gpu") is _relu_fwd_xp and lazy.supports("gpu")
-    OPS._ops["cpu_only"] = ops.Op("cpu_only", "", op.forward, op.backward, op.reference, cpu=op.cpu, gpu=None)
-    try:
-        dep = ops.Op("dep", "", op.forward, op.backward, op.reference, cpu=ops.XP, gpu=ops.XP, needs=("cpu_only",))
-        assert dep.missing("gpu") == dep.missing("gpu-sim") == ["cpu_only"] and dep.supports("cpu")
-    finally:
-        del OPS._ops["cpu_only"]
+    dep = ops.Op("dep", "", op.forward, op.backward, op.reference, cpu=ops.XP, gpu=ops.XP, needs=(cpu_only.name,))
+    assert dep.missing("gpu") == dep.missing("gpu-sim") == ["cpu_only"] and dep.supports("cpu")

@@ -107,9 +107,13 @@ def global_stats_backward(gt, saved, out=None):
     if not isinstance(saved, dict) or "stat" not in saved:
         raise TypeError(f"{where}: saved: expected what global_stats_forward returned, got {type(saved).__name__}")
     check_grad_output(gt, saved["t_shape"], saved["dtype"], where=where, name="gt")
+    backward = ops.kernels("gfgp_stats", gt).backward
     if out is not None:
         check_grad_output(out, saved["shape"], saved["dtype"], where=where, name="out")
-    return ops.kernels("gfgp_stats", gt).backward(gt, saved["stat"], saved["shape"], saved["aux"], out)
+        if not out.flags.c_contiguous:   # the kernels add into C-contiguous arrays only
+            out += backward(gt, saved["stat"], saved["shape"], saved["aux"], None)
+            return out
+    return backward(gt, saved["stat"], saved["shape"], saved["aux"], out)
 
 
 # ================================================================================================

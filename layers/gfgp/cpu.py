@@ -125,15 +125,11 @@ def global_stats_fwd_cpu(x, stat: str, eps: float):
 
 
 def global_stats_bwd_cpu(gt, stat: str, shape, aux: dict, out=None):
-    """gx (N, C, H, W) from gt (N, kC); added into ``out`` in place when given."""
+    """gx (N, C, H, W) from gt (N, kC); added into ``out`` (C-contiguous) in place when given."""
     n, c, h, w = shape
     dtype = gt.dtype if out is None else out.dtype
     accumulate = out is not None
-    if accumulate and out.flags.c_contiguous:
-        gx = out
-    else:
-        gx = np.empty(shape, dtype=dtype)
-        accumulate = False
+    gx = out if accumulate else np.empty(shape, dtype=dtype)
     gx2 = gx.reshape(n * c, h * w)
     gt = np.ascontiguousarray(gt, dtype=dtype)
     if stat == "avg":
@@ -145,7 +141,4 @@ def global_stats_bwd_cpu(gt, stat: str, shape, aux: dict, out=None):
         global_max_bwd_cpu(gt.reshape(-1), aux["arg"], gx2, accumulate)
     else:
         raise ValueError(f"global_stats: stat: unknown {stat!r}")
-    if out is not None and gx is not out:  # out was not C-contiguous: add the fresh gradient into it
-        out += gx
-        return out
     return gx

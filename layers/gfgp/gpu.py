@@ -39,11 +39,11 @@ def global_stats_fwd_gpu(x, stat: str, eps: float):
 
 
 def global_stats_bwd_gpu(gt, stat: str, shape, aux: dict, out=None):
-    """gx (N, C, H, W) from gt (N, kC); added into ``out`` in place when given."""
+    """gx (N, C, H, W) from gt (N, kC); added into ``out`` (C-contiguous) in place when given."""
     xp = backend.get_array_module(gt)
     n, c, h, w = shape
     dtype = gt.dtype if out is None else out.dtype
-    accumulate = out is not None and out.flags.c_contiguous
+    accumulate = out is not None
     gx = out if accumulate else xp.empty(shape, dtype=dtype)
     gt = xp.ascontiguousarray(gt, dtype=dtype)
     sfx, grid = cuda.suffix(dtype), cuda.grid_1d(gx.size)
@@ -59,9 +59,6 @@ def global_stats_bwd_gpu(gt, stat: str, shape, aux: dict, out=None):
         cuda.launch(SOURCE, "gfgp_global_max_bwd_gpu" + sfx, *grid, gt.reshape(-1), aux["arg"], *dims, gx)
     else:
         raise ValueError(f"global_stats: stat: unknown {stat!r}")
-    if out is not None and gx is not out:  # out was not C-contiguous: add the fresh gradient into it
-        out += gx
-        return out
     return gx
 
 

@@ -10,12 +10,17 @@ PyTorch is optional: without it the comparison columns print '-'.
 channels; VGG-11 at 1/8 of its widths), one repeat unless ``--repeats`` says otherwise, with the
 copy bandwidth and GEMM rate measured on small arrays: a check that the benchmarks run (a few
 seconds once the kernels are compiled), not a measurement.
+
+``--device gpu`` (or ``gpu-sim``) runs ``maxent`` and ``vgg`` on that device instead
+(:mod:`minignn.bench.device`: CUDA-event timing, against the device's copy bandwidth and PyTorch
+with cuDNN on the same GPU).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 
+from minignn.backend import DEVICES
 from minignn.checks import OneLineParser, int_at_least
 
 BENCHMARKS = {
@@ -40,6 +45,15 @@ def _unknown_message(unknown) -> str:
             f"expected some of {', '.join(BENCHMARKS)}")
 
 
+def _not_on_device(device, names) -> str:
+    """'' when every one of ``names`` has a benchmark on the GPU device ``device``, else the
+    usage message naming those that do not."""
+    from .device import BENCHMARKS as ON_DEVICE
+    other = [n for n in names if n not in ON_DEVICE]
+    return "" if not other else (f"--device {device}: benchmarks on a GPU device are {', '.join(ON_DEVICE)};"
+                                 f" got {', '.join(other)} (run those with --device cpu)")
+
+
 def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = p or OneLineParser(prog="minignn bench", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,7 +64,7 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                         f"{TINY_REPEATS} with --tiny)")
     p.add_argument("--batch-size", type=int_at_least(1), default=None,
                    help="batch size for the vgg benchmark (default: 128; 2 with --tiny)")
-    p.add_argument("--device", choices=("cpu", "gpu", "gpu-sim"), default="cpu",
+    p.add_argument("--device", choices=DEVICES, default="cpu",
                    help="cpu (default): every benchmark; gpu or gpu-sim: the maxent and vgg benchmarks on that"
                         " device (CUDA-event timing on gpu; gpu-sim runs the GPU code on the CPU)")
     p.add_argument("--tiny", action="store_true",
@@ -97,10 +111,9 @@ def _run_on_device(device, names, repeats, tiny, batch_size) -> int:
 
     from . import device as dev
     names = names or list(dev.BENCHMARKS)
-    other = [n for n in names if n not in dev.BENCHMARKS]
-    if other:
-        raise ValueError(f"--device {device}: benchmarks on a GPU device are {', '.join(dev.BENCHMARKS)};"
-                         f" got {', '.join(other)} (run those with --device cpu)")
+    problem = _not_on_device(device, names)
+    if problem:
+        raise ValueError(problem)
     backend.check_device(device)
     print(f"device: {dev.describe(device)}", flush=True)
     if tiny:
@@ -125,11 +138,9 @@ def main(argv=None) -> int:
     if args.device != "cpu":            # a benchmark not on devices, a device that cannot run here
         from minignn import backend
 
-        from .device import BENCHMARKS as ON_DEVICE
-        other = [n for n in args.names if n not in ON_DEVICE]
-        if other:
-            parser.error(f"--device {args.device}: benchmarks on a GPU device are {', '.join(ON_DEVICE)};"
-                         f" got {', '.join(other)} (run those with --device cpu)")
+        problem = _not_on_device(args.device, args.names)
+        if problem:
+            parser.error(problem)
         try:
             backend.check_device(args.device)
         except RuntimeError as e:

@@ -141,10 +141,7 @@ def bench_maxent(device: str = "gpu", repeats: int = 5, tiny: bool = False):
 
 
 def bench_vgg(device: str = "gpu", repeats: int = 5, tiny: bool = False, batch_size: int | None = None):
-    from minignn import SGD, SoftmaxCrossEntropy
-    from minignn.models import build_model
-
-    from .vgg import TINY_BATCH, TINY_WIDTH, _torch_vgg
+    from .vgg import TINY_BATCH, TINY_WIDTH, minignn_step, torch_step
 
     batch_size = batch_size or (TINY_BATCH if tiny else 128)
     width = TINY_WIDTH if tiny else 1.0
@@ -157,27 +154,9 @@ def bench_vgg(device: str = "gpu", repeats: int = 5, tiny: bool = False, batch_s
         torch.backends.cudnn.benchmark = True
     times = {}
     for pool in ("max", "gfgp"):
-        model = build_model("vgg11", pool=pool, width=width).to(device)
-        opt = SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        ce = SoftmaxCrossEntropy()
-
-        def step():
-            opt.zero_grad()
-            ce.forward(model.forward(x), labels)
-            model.backward(ce.backward())
-            opt.step()
-
-        times[("minignn", pool)] = device_time(step, device, repeats, warmup=2)
+        times[("minignn", pool)] = device_time(minignn_step(pool, width, x, labels, device), device, repeats, warmup=2)
         if torch is not None:
-            tm = _torch_vgg(torch, pool, width).cuda()
-            topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-            tx, ty = torch.as_tensor(xh, device="cuda"), torch.as_tensor(yh, device="cuda")
-
-            def tstep():
-                topt.zero_grad()
-                torch.nn.functional.cross_entropy(tm(tx), ty).backward()
-                topt.step()
-
+            tstep = torch_step(torch, pool, width, torch.as_tensor(xh, device="cuda"), torch.as_tensor(yh, device="cuda"))
             times[("torch", pool)] = torch_time(torch, tstep, repeats, warmup=2)
     steps = -(-EPOCH_IMAGES // batch_size)
     rows = []

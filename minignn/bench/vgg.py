@@ -47,12 +47,39 @@ def _torch_vgg(torch, pool: str, width: float = 1.0):
     return nn.Sequential(*layers)
 
 
-def bench_vgg(repeats: int = 5, batch_size: int | None = None, tiny: bool = False):
-    """Print (and return) the VGG-11 training-step table; ``batch_size`` defaults to 128, or to
-    :data:`TINY_BATCH` when ``tiny`` (which also scales every width by :data:`TINY_WIDTH`)."""
+def minignn_step(pool: str, width: float, x, labels, device: str = "cpu"):
+    """The benchmarked step of minignn's VGG-11 on ``device`` (``x``, ``labels`` already there),
+    as a function of no arguments: forward, softmax cross-entropy, backward, SGD."""
     from minignn import SGD, SoftmaxCrossEntropy
     from minignn.models import build_model
 
+    model = build_model("vgg11", pool=pool, width=width).to(device)
+    opt = SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    ce = SoftmaxCrossEntropy()
+
+    def step():
+        opt.zero_grad()
+        ce.forward(model.forward(x), labels)
+        model.backward(ce.backward())
+        opt.step()
+    return step
+
+
+def torch_step(torch, pool: str, width: float, x, labels):
+    """The same step in PyTorch eager, on the device of the tensors ``x`` and ``labels``."""
+    tm = _torch_vgg(torch, pool, width).to(x.device)
+    topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    def tstep():
+        topt.zero_grad()
+        torch.nn.functional.cross_entropy(tm(x), labels).backward()
+        topt.step()
+    return tstep
+
+
+def bench_vgg(repeats: int = 5, batch_size: int | None = None, tiny: bool = False):
+    """Print (and return) the VGG-11 training-step table; ``batch_size`` defaults to 128, or to
+    :data:`TINY_BATCH` when ``tiny`` (which also scales every width by :data:`TINY_WIDTH`)."""
     if batch_size is None:
         batch_size = TINY_BATCH if tiny else 128
     width = TINY_WIDTH if tiny else 1.0
@@ -63,27 +90,9 @@ def bench_vgg(repeats: int = 5, batch_size: int | None = None, tiny: bool = Fals
     torch = torch_or_none()
     times = {}
     for pool in ("max", "gfgp"):
-        model = build_model("vgg11", pool=pool, width=width)
-        opt = SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        ce = SoftmaxCrossEntropy()
-
-        def step():
-            opt.zero_grad()
-            ce.forward(model.forward(x), labels)
-            model.backward(ce.backward())
-            opt.step()
-
-        times[("minignn", pool)] = median_time(step, repeats=repeats, warmup=2)
+        times[("minignn", pool)] = median_time(minignn_step(pool, width, x, labels), repeats=repeats, warmup=2)
         if torch is not None:
-            tm = _torch_vgg(torch, pool, width)
-            topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-            tx, ty = torch.from_numpy(x), torch.from_numpy(labels)
-
-            def tstep():
-                topt.zero_grad()
-                torch.nn.functional.cross_entropy(tm(tx), ty).backward()
-                topt.step()
-
+            tstep = torch_step(torch, pool, width, torch.from_numpy(x), torch.from_numpy(labels))
             times[("torch", pool)] = median_time(tstep, repeats=repeats, warmup=2)
     rows = []
     for pool in ("max", "gfgp"):

@@ -44,6 +44,12 @@ def include_dirs() -> tuple:
     import importlib
     return (HERE, Path(importlib.import_module("minignn.layers").__file__).resolve().parent)
 
+
+def compile_flags() -> list:
+    """The flags every compiler of the kernels gets (NVRTC, nvcc, the C++ compiler of gpu-sim):
+    the language standard and the :func:`include_dirs`."""
+    return ["-std=c++17", *(f"-I{d}" for d in include_dirs())]
+
 #: Set to 1 (the test suite does) to run every gpu-sim launch twice, in two block and thread orders,
 #: and require bitwise-equal outputs: a kernel whose result depends on the order races on a GPU.
 SIM_CHECK_ENV = "MINIGNN_SIM_CHECK"
@@ -126,7 +132,7 @@ def launch(source: Source, name: str, grid, block, *args):
 def _gpu_module(source_path: str):
     cp = backend._import_cupy()
     src = Source(source_path)
-    opts = ("-std=c++17",) + tuple(f"-I{d}" for d in include_dirs())
+    opts = tuple(compile_flags())
     return cp.RawModule(code=src.text, options=opts, name_expressions=None)
 
 

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import HERE, Source, include_dirs
+from . import HERE, Source, compile_flags, include_dirs
 
 __all__ = ["compiler", "compiler_problem", "library", "signature", "launch", "build_command", "SimOrderError"]
 
-_FLAGS = ("-O2", "-std=c++17", "-shared", "-fPIC", "-fno-fast-math", "-ffp-contract=off", "-w")
+_FLAGS = ("-O2", "-shared", "-fPIC", "-fno-fast-math", "-ffp-contract=off", "-w")
 _lock = threading.Lock()
 _libs: dict = {}
 _launches = [0]
@@ -101,8 +101,7 @@ def _included_texts(path: Path, seen: set) -> list:
 
 def build_command(source: Source, out: str, tu: str, extra=()) -> list:
     cxx = compiler()
-    inc = [f"-I{d}" for d in include_dirs()]
-    return [cxx, *_FLAGS, *extra, "-include", str(HERE / "cuda_sim.h"), *inc, "-x", "c++", tu, "-o", out]
+    return [cxx, *_FLAGS, *extra, "-include", str(HERE / "cuda_sim.h"), *compile_flags(), "-x", "c++", tu, "-o", out]
 
 
 def _compiler_version(cxx: str) -> str:
@@ -127,7 +126,8 @@ def library(source: Source) -> ctypes.CDLL:
         tu = _translation_unit(source)
         h = hashlib.sha256()
         for part in [tu, *_included_texts(HERE / "cuda_sim.h", set()), *_included_texts(HERE / "launch_sim.h", set()),
-                     *_included_texts(source.path, set()), compiler(), _compiler_version(compiler()), *_FLAGS]:
+                     *_included_texts(source.path, set()), compiler(), _compiler_version(compiler()), *_FLAGS,
+                     *compile_flags()]:
             h.update(part.encode())
         d = cache_dir()
         d.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import Source, include_dirs
+from . import Source, compile_flags, include_dirs
 
 __all__ = ["sources", "nvcc", "nvrtc_available", "compile_nvcc", "compile_nvrtc", "KernelUsage", "CompileError",
            "ARCHS"]
@@ -84,18 +84,14 @@ def nvrtc_available() -> bool:
     return _nvrtc() is not None
 
 
-def _includes():
-    return [f"-I{d}" for d in include_dirs()]
-
-
 def compile_nvcc(source: Source, arch: str = "sm_90") -> Report:
     """Build ``source`` to a cubin for ``arch``; raises CompileError on any warning or error."""
     exe = nvcc()
     if exe is None:
         raise CompileError("nvcc was not found (PATH, $CUDA_HOME/bin, /usr/local/cuda/bin)")
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [exe, f"-arch={arch}", "-cubin", "--resource-usage", "-Werror", "all-warnings", "-std=c++17",
-               *_includes(), "-o", os.path.join(tmp, "k.cubin"), str(source.path)]
+        cmd = [exe, f"-arch={arch}", "-cubin", "--resource-usage", "-Werror", "all-warnings",
+               *compile_flags(), "-o", os.path.join(tmp, "k.cubin"), str(source.path)]
         r = subprocess.run(cmd, capture_output=True, text=True)
     log = r.stdout + r.stderr
     if r.returncode != 0:
@@ -135,7 +131,7 @@ def compile_nvrtc(source: Source, arch: str = "sm_90") -> Report:
     nvrtc = _nvrtc()
     if nvrtc is None:
         raise CompileError("NVRTC is not available (pip install 'minignn[cuda12]' or 'minignn[cuda13]')")
-    opts = [f"-arch=compute_{arch.split('_')[1]}", "-std=c++17", *_includes()]
+    opts = [f"-arch=compute_{arch.split('_')[1]}", *compile_flags()]
     prog = nvrtc.createProgram(source.text, source.path.name, [], [])
     try:
         try:

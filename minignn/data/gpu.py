@@ -14,13 +14,10 @@ SOURCE = cuda.Source(Path(__file__).with_name("kernels.cu"))
 
 
 def make_batch_gpu(x, idx, dy, dx, flip, pad: int, mean, std):
-    from .loader import _scale_shift
+    from .loader import _crop_params, _scale_shift
     xp = backend.get_array_module(x)
     n = len(idx)
-    if dy is None:
-        dy = dx = np.zeros(n, np.int64)
-        flip = np.zeros(n, np.bool_)
-        pad = 0
+    dy, dx, flip, pad = _crop_params(n, dy, dx, flip, pad)
     scale, shift = _scale_shift(mean, std)
     x = xp.ascontiguousarray(x)
     out = xp.empty((n,) + tuple(x.shape[1:]), dtype=np.float32)

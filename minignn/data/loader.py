@@ -319,6 +319,14 @@ def _scale_shift(mean, std, dtype=np.float32):
     return (1.0 / (255.0 * std)).astype(dtype), (-mean / std).astype(dtype)
 
 
+def _crop_params(n, dy, dx, flip, pad):
+    """(dy, dx, flip, pad) as the kernels take them: no augmentation (``dy`` None) is offset 0,
+    no flip and no padding for each of the ``n`` images."""
+    if dy is None:
+        return np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.bool_), 0
+    return dy, dx, flip, pad
+
+
 def make_batch_xp(x, idx, dy, dx, flip, pad: int, mean, std):
     """One batch in device-agnostic ``xp`` code: ``normalize(crop_flip(x[idx], ...))``, or
     ``normalize(x[idx])`` when ``dy`` is None (no augmentation). Returns float32 (B, C, H, W)."""
@@ -373,10 +381,7 @@ def make_batch_cpu(x, idx, dy, dx, flip, pad: int, mean, std):
     """One batch on the CPU through :func:`augment_normalize_cpu` (same contract as
     :func:`make_batch_xp`)."""
     n = idx.shape[0]
-    if dy is None:
-        dy = dx = np.full(n, 0, np.int64)
-        flip = np.zeros(n, np.bool_)
-        pad = 0
+    dy, dx, flip, pad = _crop_params(n, dy, dx, flip, pad)
     scale, shift = _scale_shift(mean, std)
     out = np.empty((n,) + tuple(x.shape[1:]), np.float32)
     augment_normalize_cpu(x, np.ascontiguousarray(idx, np.int64), np.ascontiguousarray(dy, np.int64),
