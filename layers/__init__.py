@@ -9,6 +9,8 @@ kernels, input generator), and :func:`minignn.ops.kernels` picks the device's ke
 * ``maxent/``: the max-entropy pooling functionals (plain pooling, given lam and rho).
 * ``gfgp/``: the global statistics, the GFGP mapping and the :class:`MaxEntPool2d` layer
   (``gfgp/layer.py``) that forms lam from them.
+* ``mixpool/``: mixed and gated max-average pooling (and the GFGP-gated form), ``lppool/``:
+  power-average pooling, ``softpool.py``: SoftPool (max-entropy pooling at lam = 1).
 * ``shape.py``: parameter-free layers that only move values (Subsample2d, ShortcutA, Identity).
 * ``registry.py``: :data:`POOLINGS`, every ``--pool`` name and how it becomes a layer.
 """
@@ -17,6 +19,10 @@ from .linear import Linear
 from .conv import Conv2d
 from .batchnorm import BatchNorm2d
 from .pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+from .lppool import LPPool2d, lp_pool2d_backward, lp_pool2d_forward
+from .mixpool import gated_pool2d_backward, gated_pool2d_forward, mixed_pool2d_backward, mixed_pool2d_forward
+from .mixpool.layer import GatedPool2d, MixedPool2d
+from .softpool import SoftPool2d
 from .maxent import maxent_pool2d_backward, maxent_pool2d_forward
 from .gfgp import GFGPMapping, global_stats_backward, global_stats_forward
 from .gfgp.layer import MaxEntPool2d
@@ -26,6 +32,9 @@ from .registry import POOLINGS, PoolingSpec, register_pooling, validate_options
 __all__ = [
     "Conv2d", "BatchNorm2d", "ReLU", "Linear", "Flatten", "Dropout",
     "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
+    "LPPool2d", "lp_pool2d_forward", "lp_pool2d_backward",
+    "SoftPool2d", "MixedPool2d", "GatedPool2d",
+    "mixed_pool2d_forward", "mixed_pool2d_backward", "gated_pool2d_forward", "gated_pool2d_backward",
     "maxent_pool2d_forward", "maxent_pool2d_backward", "MaxEntPool2d",
     "GFGPMapping", "global_stats_forward", "global_stats_backward",
     "Subsample2d", "ShortcutA", "Identity",

@@ -2,22 +2,26 @@
 
 :data:`POOLINGS` maps a pooling's name to its :class:`PoolingSpec`, in this order:
 
-================  ==============================================  =================================
-name              layer (2x2 window, stride 2)                    options (``--pool-opt``)
-================  ==============================================  =================================
-``skip``          :class:`~minignn.layers.shape.Subsample2d`      none
-``avg``           :class:`~minignn.layers.AvgPool2d`              none
-``max``           :class:`~minignn.layers.MaxPool2d`              none
-``maxent``        MaxEntPool2d, ``lam="const"``                   lam_init, prior
-``maxent-param``  MaxEntPool2d, ``lam="param"`` (C,)              lam_init, prior
-``gfgp``          MaxEntPool2d, ``lam="gfgp"`` (N, C)             stat, hidden, mlp, activation,
-                                                                  prior, bias, batchnorm
-``gfgp-local``    MaxEntPool2d, ``lam="local"`` (N, C, Ho, Wo)    the same as gfgp
-================  ==============================================  =================================
+================  ==========================================================  =====================================================
+name              layer (2x2 window, stride 2)                                options (``--pool-opt``)
+================  ==========================================================  =====================================================
+``skip``          :class:`~minignn.layers.shape.Subsample2d`                  none
+``avg``           :class:`~minignn.layers.AvgPool2d`                          none
+``max``           :class:`~minignn.layers.MaxPool2d`                          none
+``maxent``        MaxEntPool2d, ``lam="const"``                               lam_init, prior
+``maxent-param``  MaxEntPool2d, ``lam="param"`` (C,)                          lam_init, prior
+``gfgp``          MaxEntPool2d, ``lam="gfgp"`` (N, C)                         stat, hidden, mlp, activation, prior, bias, batchnorm
+``gfgp-local``    MaxEntPool2d, ``lam="local"`` (N, C, Ho, Wo)                the same as gfgp
+``softpool``      :class:`~minignn.layers.SoftPool2d` (maxent at lam = 1)     none
+``mixed``         :class:`~minignn.layers.MixedPool2d`, a per channel         mix, a_init
+``gated``         :class:`~minignn.layers.GatedPool2d`, omega of k*k weights  none
+``gfgp-gated``    MixedPool2d, ``mix="gfgp"``: a (N, C) from GFGP             stat, hidden, mlp, bias, batchnorm
+``lppool``        :class:`~minignn.layers.LPPool2d`, p per channel            p_init
+================  ==========================================================  =====================================================
 
-The options' defaults are read from :class:`~minignn.layers.MaxEntPool2d`'s constructor, so they
-cannot drift from it. The registry checks option *names* (:func:`validate_options`); the layer
-constructors check the *values*.
+The options' defaults are read from each layer's constructor (:class:`~minignn.layers.MaxEntPool2d`,
+:class:`~minignn.layers.MixedPool2d`, ...), so they cannot drift from it. The registry checks
+option *names* (:func:`validate_options`); the layer constructors check the *values*.
 
 The models (:mod:`minignn.models`), the ``minignn`` command (``--pool``, ``--pool-opt``,
 ``minignn pools``), the trainer and the benchmarks all read this registry;
@@ -34,8 +38,11 @@ from minignn.checks import check_positive_int
 from minignn.module import Module
 
 from .gfgp.layer import MaxEntPool2d
+from .lppool import LPPool2d
+from .mixpool.layer import GatedPool2d, MixedPool2d
 from .pooling import AvgPool2d, MaxPool2d
 from .shape import Subsample2d
+from .softpool import SoftPool2d
 
 __all__ = ["PoolingSpec", "POOLINGS", "register_pooling", "validate_options", "format_options"]
 
@@ -226,6 +233,36 @@ def _maxent_builder(pool: str):
     return build
 
 
+def _build_softpool(channels) -> Module:
+    """SoftPool: max-entropy pooling with lam = 1 and no prior (2x2, stride 2)."""
+    _check_channels(channels, "softpool")
+    return SoftPool2d(2, 2)
+
+
+def _build_mixed(channels, **options) -> Module:
+    """MixedPool2d(channels, 2, 2, **options); mix is "channel" or "layer" (the GFGP-guided form
+    is the "gfgp-gated" pooling)."""
+    if options.get("mix", "channel") == "gfgp":
+        raise ValueError("pool option mix: expected 'channel' or 'layer' for pool 'mixed', got 'gfgp'; the"
+                         " GFGP-guided gate is --pool gfgp-gated")
+    return MixedPool2d(channels, 2, 2, **options)
+
+
+def _build_gated(channels) -> Module:
+    """GatedPool2d(channels, 2, 2): one omega of 4 weights for the layer, zero init."""
+    return GatedPool2d(channels, 2, 2)
+
+
+def _build_gfgp_gated(channels, **options) -> Module:
+    """MixedPool2d(channels, 2, 2, mix="gfgp", **options): the gate per sample and channel from GFGP."""
+    return MixedPool2d(channels, 2, 2, mix="gfgp", **options)
+
+
+def _build_lppool(channels, **options) -> Module:
+    """LPPool2d(channels, 2, 2, **options): p per channel, p = 1 + softplus(theta)."""
+    return LPPool2d(channels, 2, 2, **options)
+
+
 _LAM_OPTIONS = _constructor_defaults(MaxEntPool2d, ("lam_init", "prior"))
 _GFGP_OPTIONS = _constructor_defaults(MaxEntPool2d, ("stat", "hidden", "mlp", "activation", "prior", "bias",
                                                      "batchnorm"))
@@ -247,6 +284,20 @@ for _spec_ in (
     PoolingSpec("gfgp-local", _maxent_builder("gfgp-local"), _GFGP_OPTIONS,
                 "local GFGP: lam per window from its own statistics (Table 1b)",
                 _MAXENT_DIAGNOSTICS, ops=("maxent_pool2d", "gfgp_local_stats", "linear")),
+    PoolingSpec("softpool", _build_softpool, {}, "SoftPool: softmax(x)-weighted mean, max-entropy pooling at lam = 1",
+                ops=("maxent_pool2d",)),
+    PoolingSpec("mixed", _build_mixed, _constructor_defaults(MixedPool2d, ("mix", "a_init")),
+                "mixed pooling a max + (1 - a) avg, a trained per channel (or per layer)", ("a",),
+                ops=("mixed_pool2d",)),
+    PoolingSpec("gated", _build_gated, {}, "gated pooling g max + (1 - g) avg, g = sigmoid(omega . window)",
+                ("gate",), ops=("gated_pool2d",)),
+    PoolingSpec("gfgp-gated", _build_gfgp_gated,
+                _constructor_defaults(MixedPool2d, ("stat", "hidden", "mlp", "bias", "batchnorm")),
+                "GFGP-gated: a max + (1 - a) avg, a per sample and channel from global statistics", ("a",),
+                ops=("mixed_pool2d", "gfgp_stats", "linear")),
+    PoolingSpec("lppool", _build_lppool, _constructor_defaults(LPPool2d, ("p_init",)),
+                "power-average pooling (mean x^p)^(1/p) on x >= 0, p >= 1 trained per channel", ("p",),
+                ops=("lp_pool2d",)),
 ):
     register_pooling(_spec_)
 del _spec_

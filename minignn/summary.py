@@ -40,6 +40,16 @@ MaxEntPool2d                ``5 K + 1`` per output: per window cell the logit la
                             multiply-add (2); one division per output. A prior rho adds one add
                             per cell (``6 K + 1``). GFGP ("gfgp" / "gfgp-local") adds its
                             statistics and its mapping, below
+SoftPool2d                  ``5 K + 1`` per output: max-entropy pooling at lam = 1
+MixedPool2d                 ``2 K + 3`` per output: the max (K - 1 comparisons) and the mean
+                            (K - 1 adds, one divide), one more each for the first cell, and the
+                            mix (a multiply-add and a multiply); "gfgp" adds the statistics and
+                            the mapping (with its sigmoid), as GFGP
+GatedPool2d                 ``4 K + 7`` per output: mixed pooling's ``2 K + 3``, the dot
+                            product omega . x (K multiply-adds) and the sigmoid (4)
+LPPool2d                    ``6 K + 5`` per output: per cell the max's comparison, x / m, the
+                            power as exp(p log u) (3) and an add; per output the divide by |R|,
+                            the root (3) and the multiply by m
 GFGP statistics             per input cell: "avg" 1 (an add), "max" 1 (a comparison),
                             "avg+std" 4 (add; subtract the mean, square, add); global over
                             H x W, or ("gfgp-local") over each window, K cells per output; the
@@ -86,7 +96,10 @@ from .layers.conv import Conv2d
 from .layers.gfgp import GFGPMapping
 from .layers.gfgp.layer import MaxEntPool2d
 from .layers.linear import Linear
+from .layers.lppool import LPPool2d
+from .layers.mixpool.layer import GatedPool2d, MixedPool2d
 from .layers.pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+from .layers.softpool import SoftPool2d
 from .layers.shape import Identity, ShortcutA, Subsample2d
 from .module import Module
 
@@ -186,6 +199,22 @@ def _maxent(m, x, y):
     return f
 
 
+def _mixed(m, x, y):
+    n, c, ho, wo = y
+    kh, kw = m.kernel_size
+    f = n * c * ho * wo * (2 * kh * kw + 3)
+    if m.mix == "gfgp":
+        f += STAT_FLOPS[m.stat] * _size(x) + n * _mapping_per_row(m.mapping)
+    return f
+
+
+def _per_window(per_cell, per_out):
+    def rule(m, x, y):
+        kh, kw = m.kernel_size
+        return _size(y) * (per_cell * kh * kw + per_out)
+    return rule
+
+
 def _zero(m, x, y):
     return 0
 
@@ -200,6 +229,11 @@ FLOP_RULES: dict[type, FlopRule] = {
     GlobalAvgPool2d: FlopRule(lambda m, x, y: _size(x), "1 per input element"),
     MaxEntPool2d: FlopRule(_maxent, "5 K + 1 per output (6 K + 1 with a prior), plus GFGP's statistics and"
                                     " mapping", covers_children=True),
+    SoftPool2d: FlopRule(_per_window(5, 1), "5 K + 1 per output (max-entropy pooling at lam = 1)"),
+    MixedPool2d: FlopRule(_mixed, "2 K + 3 per output, plus GFGP's statistics and mapping (gfgp-gated)",
+                          covers_children=True),
+    GatedPool2d: FlopRule(_per_window(4, 7), "4 K + 7 per output (max, mean, omega . x, sigmoid, mix)"),
+    LPPool2d: FlopRule(_per_window(6, 5), "6 K + 5 per output (powers as exp(p log u), the root)"),
     GFGPMapping: FlopRule(_mapping, "its 1x1 layers' matmuls, ReLU and activation per row",
                           covers_children=True),
     Flatten: FlopRule(_zero, "0: a reshape"),

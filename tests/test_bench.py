@@ -14,6 +14,7 @@ import pytest
 
 import minignn.bench as bench
 from minignn.bench import BENCHMARKS
+from minignn.layers import POOLINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 600  # generous: the first run on a fresh machine compiles the kernels
@@ -31,6 +32,16 @@ TABLES = {
         "own": ["ms"],
         "torch": [(lambda r: r != "MaxEntPool2d 2x2 GFGP", ["torch ms", "x torch"])],
         "torch_cols": ["torch ms", "x torch"],
+        "extra": "layers-pools",
+    },
+    # the second table of "layers": one row per pooling of the registry
+    "layers-pools": {
+        "title": "Poolings of --pool, 2x2 stride 2, on (2, 8, 8, 8) ReLU outputs",
+        "first": "pool (fwd+bwd, float32)",
+        "rows": list(POOLINGS),
+        "own": ["ms", "floor ms", "x floor"],
+        "torch": [(lambda r: True, ["x torch max_pool2d"])],
+        "torch_cols": ["x torch max_pool2d"],
     },
     "maxent": {
         "title": "Max-entropy pooling, (N, C, H, W) = (2, 8, 8, 8)",
@@ -139,6 +150,8 @@ def check_table(out: str, name: str, torch: bool):
                     assert _number(row[col]) >= 0, (name, rname, col, row[col])
                 else:
                     assert row[col] == "-", (name, rname, col, row[col], "torch" if torch else "no torch")
+    if "extra" in spec:
+        check_table(out, spec["extra"], torch)
 
 
 def check_ok(r):

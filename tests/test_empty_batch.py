@@ -42,6 +42,15 @@ LAYER_CASES = [
     ("AvgPool2d", L.AvgPool2d, lambda: L.AvgPool2d(2), (C, 4, 4), True),
     ("AvgPool2d-3s2p1", L.AvgPool2d, lambda: L.AvgPool2d(3, 2, 1), (C, 5, 5), True),
     ("GlobalAvgPool2d", L.GlobalAvgPool2d, lambda: L.GlobalAvgPool2d(), (C, 3, 3), True),
+    ("SoftPool2d", L.SoftPool2d, lambda: L.SoftPool2d(2), (C, 4, 4), True),
+    ("MixedPool2d", L.MixedPool2d, lambda: L.MixedPool2d(C), (C, 4, 4), True),
+    ("MixedPool2d-3s2p1-layer", L.MixedPool2d, lambda: L.MixedPool2d(C, 3, 2, 1, mix="layer"), (C, 5, 5), True),
+    ("MixedPool2d-gfgp", L.MixedPool2d, lambda: L.MixedPool2d(C, mix="gfgp"), (C, 4, 4), True),
+    ("GatedPool2d", L.GatedPool2d, lambda: L.GatedPool2d(C), (C, 4, 4), True),
+    ("GatedPool2d-3s2p1", L.GatedPool2d, lambda: L.GatedPool2d(C, 3, 2, 1), (C, 5, 5), True),
+    # power-average pooling takes x >= 0: behind a ReLU, as in the models
+    ("LPPool2d", L.LPPool2d, lambda: Sequential(L.ReLU(), L.LPPool2d(C)), (C, 4, 4), True),
+    ("LPPool2d-3s2p1", L.LPPool2d, lambda: Sequential(L.ReLU(), L.LPPool2d(C, 3, 2, 1)), (C, 5, 5), True),
     ("Subsample2d", L.Subsample2d, lambda: L.Subsample2d(2), (C, 5, 5), True),
     ("ShortcutA", L.ShortcutA, lambda: L.ShortcutA(C, 4, 2), (C, 4, 4), True),
     ("Identity", L.Identity, lambda: L.Identity(), (C, 3, 3), True),
@@ -153,7 +162,12 @@ def test_layer_empty_batch(build, x_shape, training):
     _check_empty_batch(build(), x_shape, training)
 
 
-POOL_CASES = [(f"pool-{name}", None, (lambda s=spec: s.build(C)), (C, 4, 4), training)
+def _pool_case(spec):
+    """A registry pooling; one that takes x >= 0 (lppool) behind a ReLU, as in the models."""
+    return Sequential(L.ReLU(), spec.build(C)) if spec.name == "lppool" else spec.build(C)
+
+
+POOL_CASES = [(f"pool-{name}", None, (lambda s=spec: _pool_case(s)), (C, 4, 4), training)
               for name, spec in L.POOLINGS.items() for training in (True, False)]
 
 

@@ -19,8 +19,10 @@ N_POOLS = {"tiny": 3, "vgg11": 5, "resnet20": 2}
 def _pool_types():
     from minignn.layers.gfgp.layer import MaxEntPool2d
     from minignn.layers.pooling import AvgPool2d, MaxPool2d
+    from minignn.layers import GatedPool2d, LPPool2d, MixedPool2d, SoftPool2d
     return {"max": MaxPool2d, "avg": AvgPool2d, "skip": Subsample2d, "maxent": MaxEntPool2d,
-            "maxent-param": MaxEntPool2d, "gfgp": MaxEntPool2d, "gfgp-local": MaxEntPool2d}
+            "maxent-param": MaxEntPool2d, "gfgp": MaxEntPool2d, "gfgp-local": MaxEntPool2d, "softpool": SoftPool2d,
+            "mixed": MixedPool2d, "gated": GatedPool2d, "gfgp-gated": MixedPool2d, "lppool": LPPool2d}
 
 
 @pytest.mark.parametrize("pool", tuple(POOLINGS))

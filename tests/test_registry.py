@@ -14,19 +14,22 @@ from minignn.layers import POOLINGS, MaxEntPool2d, PoolingSpec, register_pooling
 from minignn.models import build_model, make_pool, pooling_layers
 from minignn.train import TrainConfig
 
-NAMES = ("skip", "avg", "max", "maxent", "maxent-param", "gfgp", "gfgp-local")
+NAMES = ("skip", "avg", "max", "maxent", "maxent-param", "gfgp", "gfgp-local", "softpool", "mixed", "gated",
+         "gfgp-gated", "lppool")
 MAXENT = ("maxent", "maxent-param", "gfgp", "gfgp-local")
+#: the diagnostics (``last_<name>`` attributes) each pooling records
+DIAGNOSTICS = {**{n: ("lam", "rho") for n in MAXENT}, "mixed": ("a",), "gated": ("gate",), "gfgp-gated": ("a",), "lppool": ("p",)}
 
 
 def test_registry_names_order_and_specs():
     assert tuple(POOLINGS) == NAMES
-    ctor = inspect.signature(MaxEntPool2d.__init__).parameters
     for name, spec in POOLINGS.items():
         assert isinstance(spec, PoolingSpec) and spec.name == name
         assert spec.description and "\n" not in spec.description
-        assert spec.diagnostics == (("lam", "rho") if name in MAXENT else ())
+        assert spec.diagnostics == DIAGNOSTICS.get(name, ())
         assert spec.subsampling == (name == "skip")
-        for key, default in spec.options.items():  # the defaults are MaxEntPool2d's
+        ctor = inspect.signature(type(spec.build(4)).__init__).parameters
+        for key, default in spec.options.items():  # the defaults are the layer constructor's
             assert ctor[key].default == default, (name, key)
     assert set(POOLINGS["maxent"].options) == set(POOLINGS["maxent-param"].options) == {"lam_init", "prior"}
     assert (list(POOLINGS["gfgp"].options) == list(POOLINGS["gfgp-local"].options)
@@ -47,6 +50,8 @@ def test_specs_are_read_only():
 def test_every_pooling_halves_8x8_forward_and_backward(name, channels):
     layer = POOLINGS[name].build(channels)
     x = np.random.default_rng(channels).standard_normal((2, channels, 8, 8)).astype(np.float32)
+    if name == "lppool":        # power-average pooling takes x >= 0 (it follows a ReLU in the models)
+        x = np.abs(x)
     y = layer.forward(x)
     assert y.shape == (2, channels, 4, 4) and y.dtype == np.float32 and np.all(np.isfinite(y))
     layer.zero_grad()
@@ -55,7 +60,7 @@ def test_every_pooling_halves_8x8_forward_and_backward(name, channels):
     assert float(np.abs(gx).sum()) > 0
     for attr in POOLINGS[name].diagnostics:  # what the spec says the layer exposes after a forward
         assert hasattr(layer, f"last_{attr}")
-    assert getattr(layer, "last_lam", None) is not None or not POOLINGS[name].diagnostics
+    assert all(getattr(layer, f"last_{attr}") is not None for attr in POOLINGS[name].diagnostics[:1])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -90,7 +95,7 @@ def test_option_error_examples():
                                          r" 'avg'\), hidden \(0.5\), mlp \('mlp'\), activation \('sigmoid'\),"
                                          r" prior \(None\), bias \(False\), batchnorm \(False\)$"):
         validate_options("gfgp", {"foo": "bar"})
-    with pytest.raises(ValueError, match=r"pool: expected one of \('skip', 'avg', .*'gfgp-local'\), got 'median'"):
+    with pytest.raises(ValueError, match=r"pool: expected one of \('skip', 'avg', .*'gfgp-local'.*\), got 'median'"):
         validate_options("median", {})
     with pytest.raises(ValueError, match="stat is an option of gfgp, gfgp-local"):
         validate_options("maxent", {"stat": "max"})

@@ -38,6 +38,24 @@ def _takes_over(v, best):
 
 
 @njit(inline='always')
+def max4(v0, v1, v2, v3):
+    """``(max, index)`` of four values in order, by :func:`_takes_over` (the first maximum stays,
+    the first NaN wins): a 2x2 window's max and its offset, for every 2x2 fast path."""
+    best = v0
+    bi = 0
+    if _takes_over(v1, best):
+        best = v1
+        bi = 1
+    if _takes_over(v2, best):
+        best = v2
+        bi = 2
+    if _takes_over(v3, best):
+        best = v3
+        bi = 3
+    return best, bi
+
+
+@njit(inline='always')
 def _max_plane(x, n, c, kh, kw, sh, sw, ph, pw, y, arg):
     """Any geometry, offset by offset: for each window offset (di, dj), in row-major order, one
     pass over the outputs whose cell at that offset is real (a block of rows and columns, found
@@ -76,20 +94,7 @@ def _max_plane_2x2(x, n, c, y, arg):
         h0 = 2 * oh
         for ow in range(y.shape[3]):
             w0 = 2 * ow
-            best = x[n, c, h0, w0]
-            bi = 0
-            v = x[n, c, h0, w0 + 1]
-            if _takes_over(v, best):
-                best = v
-                bi = 1
-            v = x[n, c, h0 + 1, w0]
-            if _takes_over(v, best):
-                best = v
-                bi = 2
-            v = x[n, c, h0 + 1, w0 + 1]
-            if _takes_over(v, best):
-                best = v
-                bi = 3
+            best, bi = max4(x[n, c, h0, w0], x[n, c, h0, w0 + 1], x[n, c, h0 + 1, w0], x[n, c, h0 + 1, w0 + 1])
             y[n, c, oh, ow] = best
             arg[n, c, oh, ow] = bi
 

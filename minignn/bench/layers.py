@@ -4,6 +4,10 @@ and, for the poolings, against the memory-traffic floor.
 The floor counts the bytes a pooling must move at least: forward reads x and writes y; backward
 reads gy and writes gx (max/avg), and max-entropy pooling reads x once more in backward (its
 weights depend on x) plus once for the GFGP statistics. Divided by the measured copy bandwidth.
+
+A second table has one row per pooling of the ``--pool`` registry (2x2, stride 2, as the models
+use them): its forward+backward against its own floor (:data:`POOL_FLOORS`) and against PyTorch's
+``max_pool2d`` forward+backward on the same input, timed in the same run.
 """
 from __future__ import annotations
 
@@ -41,6 +45,56 @@ def _cases(tiny: bool = False):
     ]
 
 
+#: each registry pooling's floor as (passes over x-sized arrays, passes over y-sized arrays): what
+#: its forward and backward must read and write at least. skip reads and writes y-sized arrays and
+#: writes gx; max/avg read x, write y, read gy, write gx; max-entropy pooling (and softpool, and
+#: lppool, which needs y too) reads x again in backward; mixed writes and reads back max - avg;
+#: gated also the gate, and reads x again for omega's gradient; the GFGP forms read x once more
+#: for their statistics.
+POOL_FLOORS = {"skip": (1, 3), "avg": (2, 2), "max": (2, 2), "maxent": (3, 2), "maxent-param": (3, 2),
+               "gfgp": (4, 2), "gfgp-local": (4, 2), "softpool": (3, 2), "mixed": (2, 4), "gated": (3, 6),
+               "gfgp-gated": (3, 4), "lppool": (3, 3)}
+
+
+def _step(m, x, gy):
+    def step():
+        m.forward(x)
+        m.backward(gy)
+    return step
+
+
+def bench_poolings(bw: float, repeats: int, tiny: bool, torch):
+    """The per-pooling table: every name of the registry, built for the benchmark's channels."""
+    from minignn.layers import POOLINGS
+    n, c, hw = SHAPES["tiny" if tiny else "full"][0]
+    rng = np.random.default_rng(0)
+    # a ReLU's output, as every pooling of the models sees (lppool takes x >= 0)
+    x = np.maximum(rng.standard_normal((n, c, hw, hw)), 0).astype(np.float32)
+    t_max = None
+    if torch is not None:
+        tx = torch.from_numpy(x).requires_grad_(True)
+        tgy = torch.from_numpy(rng.standard_normal((n, c, hw // 2, hw // 2)).astype(np.float32))
+
+        def tstep():
+            tx.grad = None
+            torch.nn.functional.max_pool2d(tx, 2).backward(tgy)
+
+        t_max = median_time(tstep, repeats=repeats)
+    rows = []
+    for name, spec in POOLINGS.items():
+        m = spec.build(c)
+        m.train()
+        y = m.forward(x)
+        gy = rng.standard_normal(y.shape).astype(np.float32)
+        t = median_time(_step(m, x, gy), repeats=repeats)
+        floor = POOL_FLOORS.get(name)
+        t_floor = None if floor is None else (floor[0] * x.nbytes + floor[1] * y.nbytes) / bw
+        rows.append([name, ms(t), ms(t_floor), ratio(t, t_floor), ratio(t, t_max)])
+    return print_table(["pool (fwd+bwd, float32)", "ms", "floor ms", "x floor", "x torch max_pool2d"], rows,
+                       title=f"Poolings of --pool, 2x2 stride 2, on {(n, c, hw, hw)} ReLU outputs (median of {repeats}; torch"
+                             f" max_pool2d fwd+bwd {f'{ms(t_max):.2f}' if t_max is not None else '-'} ms)")
+
+
 def bench_layers(repeats: int = 5, tiny: bool = False):
     """Print (and return) the per-layer table; ``tiny`` runs the same cases at small shapes
     (and measures the copy bandwidth on a small array), for a quick check that it all runs."""
@@ -75,6 +129,8 @@ def bench_layers(repeats: int = 5, tiny: bool = False):
 
             t_torch = median_time(tstep, repeats=repeats)
         rows.append([name, str(shape), ms(t), ms(t_torch), ratio(t, t_torch), ms(t_floor), ratio(t, t_floor)])
-    return print_table(["layer (fwd+bwd, float32)", "input", "ms", "torch ms", "x torch", "floor ms", "x floor"],
-                       rows, title=f"Per-layer forward+backward (median of {repeats}; "
-                                   f"floor at {bw / 1e9:.1f} GB/s copy bandwidth)")
+    out = print_table(["layer (fwd+bwd, float32)", "input", "ms", "torch ms", "x torch", "floor ms", "x floor"],
+                      rows, title=f"Per-layer forward+backward (median of {repeats}; "
+                                  f"floor at {bw / 1e9:.1f} GB/s copy bandwidth)")
+    print()
+    return out + "\n\n" + bench_poolings(bw, repeats, tiny, torch)

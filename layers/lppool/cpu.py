@@ -1,0 +1,245 @@
+"""Numba kernels of power-average (Lp) pooling (NCHW, C-contiguous arrays).
+
+Both kernels run in parallel over the ``N*C`` image planes (``prange``): an iteration reads and
+writes only its own plane of each array (and its own entry of the per-plane ``dp`` sums), so the
+backward's accumulation into ``gx`` (overlapping windows) is race-free. A window's real cells
+are found by clipping it to the input (:func:`~minignn.layers._window.real_offsets`), so padding
+is never materialised and never counted in |R|. ``p`` arrives as a (C,) array (a scalar p is
+broadcast by the glue); plane (n, c) reads ``p[c]``.
+
+Per window, in float64 whatever x's dtype (every value is read as ``np.float64``, so that also
+the plain-Python run of ``NUMBA_DISABLE_JIT=1`` computes in float64: under NumPy 2's promotion a
+float32 scalar divided by a Python float stays float32)::
+
+    m = max_R x   (the first NaN wins, as in every max-like kernel of minignn)
+    u_q = x_q / m in [0, 1],   A = 1/|R| sum_q u_q^p   in [1/|R|, 1]
+    y = m A^(1/p)                                     when 0 < m < inf, else y = m
+
+so an all-zero window gives 0 (no division), +inf gives +inf and NaN propagates; no power of a
+value above 1 is ever taken, so x^p cannot overflow (float32 values near 1e30 with p = 6 are
+fine). The backward recomputes m and A from x (nothing but x is saved) and forms, with
+B = 1/|R| sum_q u_q^p log u_q (0 log 0 = 0)::
+
+    dy/dx_q = 1/|R| u_q^(p-1) A^(1/p - 1)    (= 1/|R| (x_q / y)^(p-1))
+    dy/dp   = y/p (B/A - log(A)/p)            (= y/p 1/|R| sum_q r_q^p log r_q, r_q = x_q / y)
+
+and for an all-zero window dy/dx_q = 1/|R|, dy/dp = 0; a window with m = inf or NaN gets NaN.
+``u ** (p - 1)`` is 1 at u = 0 for p = 1 (0^0 = 1: average pooling's gradient) and 0 for p > 1.
+The 2x2 backward forms each cell's three powers from one log and one exp (:func:`_powers`).
+``log`` is only taken of u > 0 (plain Python's math.log(0) raises).
+
+Two plane bodies per kernel: the general one (any kernel, stride and padding, window by window)
+and the 2x2 / stride 2 / no padding one (four fixed cells, |R| = 4). The general backward zeroes
+its ``gx`` plane just before scattering into it, while the plane is in cache; the 2x2 backward
+writes every ``gx`` cell exactly once (the odd last row or column, in no window, gets 0). Either
+way gx is streamed once, with no separate memset. The per-plane ``dp`` sum is a float64
+(N, C) array that the glue reduces to p's shape.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from minignn._numba import njit, pjit, prange
+from minignn.layers._window import is_2x2, real_offsets
+from minignn.layers.pooling.cpu import _takes_over, _zero_plane, max4
+
+_INF = np.inf
+
+
+@njit(inline='always')
+def _ordinary(m):
+    """A window whose max is positive and finite: the only kind that needs the power mean."""
+    return (m > 0.0) & (m < _INF)
+
+
+@njit(inline='always')
+def _window_max(x, n, c, h0, w0, i0, i1, j0, j1):
+    m = np.float64(x[n, c, h0 + i0, w0 + j0])
+    for di in range(i0, i1):
+        for dj in range(j0, j1):
+            v = np.float64(x[n, c, h0 + di, w0 + dj])
+            if _takes_over(v, m):
+                m = v
+    return m
+
+
+@njit(inline='always')
+def _ulogu(u, up):
+    """u^p log u given up = u^p, with 0 log 0 = 0."""
+    return up * math.log(u) if u > 0.0 else 0.0
+
+
+# -------------------------------------------------------------------------------------- forward
+@njit(inline='always')
+def _fwd_plane(x, p, n, c, kh, kw, sh, sw, ph, pw, y):
+    h_in, w_in = x.shape[2], x.shape[3]
+    pc = np.float64(p[c])
+    inv_p = 1.0 / pc
+    for oh in range(y.shape[2]):
+        h0 = oh * sh - ph
+        i0, i1 = real_offsets(h0, kh, h_in)
+        for ow in range(y.shape[3]):
+            w0 = ow * sw - pw
+            j0, j1 = real_offsets(w0, kw, w_in)
+            m = _window_max(x, n, c, h0, w0, i0, i1, j0, j1)
+            v = m
+            if _ordinary(m):
+                s = 0.0
+                for di in range(i0, i1):
+                    for dj in range(j0, j1):
+                        s += (np.float64(x[n, c, h0 + di, w0 + dj]) / m) ** pc
+                v = m * (s / ((i1 - i0) * (j1 - j0))) ** inv_p
+            y[n, c, oh, ow] = v
+
+
+@njit(inline='always')
+def _fwd_plane_2x2(x, p, n, c, y):
+    pc = np.float64(p[c])
+    inv_p = 1.0 / pc
+    for oh in range(y.shape[2]):
+        h0 = 2 * oh
+        for ow in range(y.shape[3]):
+            w0 = 2 * ow
+            a = np.float64(x[n, c, h0, w0])
+            b = np.float64(x[n, c, h0, w0 + 1])
+            d = np.float64(x[n, c, h0 + 1, w0])
+            e = np.float64(x[n, c, h0 + 1, w0 + 1])
+            m = max4(a, b, d, e)[0]
+            v = m
+            if _ordinary(m):
+                s = ((a / m) ** pc + (b / m) ** pc) + ((d / m) ** pc + (e / m) ** pc)
+                v = m * (s * 0.25) ** inv_p
+            y[n, c, oh, ow] = v
+
+
+@pjit
+def lppool2d_fwd_cpu(x, p, kh, kw, sh, sw, ph, pw, y):
+    """y[n, c, oh, ow] = m (1/|R| sum (x/m)^p)^(1/p) over the window's real cells R, p = p[c]
+    (0 for an all-zero window, m itself for m = inf or NaN); float64 arithmetic."""
+    n_ch = x.shape[1]
+    fast = is_2x2(kh, kw, sh, sw, ph, pw)
+    for plane in prange(x.shape[0] * n_ch):
+        n = plane // n_ch
+        c = plane - n * n_ch
+        if fast:
+            _fwd_plane_2x2(x, p, n, c, y)
+        else:
+            _fwd_plane(x, p, n, c, kh, kw, sh, sw, ph, pw, y)
+
+
+# ------------------------------------------------------------------------------------- backward
+@njit(inline='always')
+def _bwd_plane(x, p, gy, n, c, kh, kw, sh, sw, ph, pw, gx):
+    """Scatter every window's dy/dx_q gy into gx's plane; returns the plane's sum of gy dy/dp."""
+    h_in, w_in = x.shape[2], x.shape[3]
+    pc = np.float64(p[c])
+    inv_p = 1.0 / pc
+    _zero_plane(gx, n, c)
+    dp = 0.0
+    for oh in range(gy.shape[2]):
+        h0 = oh * sh - ph
+        i0, i1 = real_offsets(h0, kh, h_in)
+        for ow in range(gy.shape[3]):
+            w0 = ow * sw - pw
+            j0, j1 = real_offsets(w0, kw, w_in)
+            cnt = (i1 - i0) * (j1 - j0)
+            g = np.float64(gy[n, c, oh, ow])
+            m = _window_max(x, n, c, h0, w0, i0, i1, j0, j1)
+            if _ordinary(m):
+                sa = 0.0
+                sb = 0.0
+                for di in range(i0, i1):
+                    for dj in range(j0, j1):
+                        u = np.float64(x[n, c, h0 + di, w0 + dj]) / m
+                        up = u ** pc
+                        sa += up
+                        sb += _ulogu(u, up)
+                a = sa / cnt
+                coef = g * a ** (inv_p - 1.0) / cnt
+                for di in range(i0, i1):
+                    for dj in range(j0, j1):
+                        u = np.float64(x[n, c, h0 + di, w0 + dj]) / m
+                        gx[n, c, h0 + di, w0 + dj] += coef * u ** (pc - 1.0)
+                yv = m * a ** inv_p
+                dp += g * (yv * inv_p) * ((sb / cnt) / a - math.log(a) * inv_p)
+            else:               # all zeros: the average's gradient, dy/dp = 0; inf or NaN: NaN
+                coef = g / cnt if m == 0.0 else np.nan
+                for di in range(i0, i1):
+                    for dj in range(j0, j1):
+                        gx[n, c, h0 + di, w0 + dj] += coef
+                if m != 0.0:
+                    dp += np.nan
+    return dp
+
+
+@njit(inline='always')
+def _powers(u, pc):
+    """``(u^p, u^p log u, u^(p-1))`` for u in [0, 1] from one log and one exp (the backward's
+    three powers of a cell; ``0^(p-1)`` is 1 for p = 1, else 0; ``0 log 0 = 0``)."""
+    if u > 0.0:
+        lu = math.log(u)
+        up = math.exp(pc * lu)
+        return up, up * lu, up / u
+    return 0.0, 0.0, (1.0 if pc == 1.0 else 0.0)
+
+
+@njit(inline='always')
+def _bwd_plane_2x2(x, p, gy, n, c, gx):
+    pc = np.float64(p[c])
+    inv_p = 1.0 / pc
+    dp = 0.0
+    for oh in range(gy.shape[2]):
+        h0 = 2 * oh
+        for ow in range(gy.shape[3]):
+            w0 = 2 * ow
+            g = np.float64(gy[n, c, oh, ow])
+            a = np.float64(x[n, c, h0, w0])
+            b = np.float64(x[n, c, h0, w0 + 1])
+            d = np.float64(x[n, c, h0 + 1, w0])
+            e = np.float64(x[n, c, h0 + 1, w0 + 1])
+            m = max4(a, b, d, e)[0]
+            if _ordinary(m):
+                pa, la, qa = _powers(a / m, pc)
+                pb, lb, qb = _powers(b / m, pc)
+                pd, ld, qd = _powers(d / m, pc)
+                pe, le, qe = _powers(e / m, pc)
+                mean = ((pa + pb) + (pd + pe)) * 0.25
+                sb = ((la + lb) + (ld + le)) * 0.25
+                lmean = math.log(mean)
+                root = math.exp(lmean * inv_p)                 # mean^(1/p); mean^(1/p - 1) = root / mean
+                coef = g * (root / mean) * 0.25
+                ga, gb, gd, ge = coef * qa, coef * qb, coef * qd, coef * qe
+                dp += g * (m * root * inv_p) * (sb / mean - lmean * inv_p)
+            else:
+                ga = g * 0.25 if m == 0.0 else np.nan
+                gb, gd, ge = ga, ga, ga
+                if m != 0.0:
+                    dp += np.nan
+            gx[n, c, h0, w0] = ga
+            gx[n, c, h0, w0 + 1] = gb
+            gx[n, c, h0 + 1, w0] = gd
+            gx[n, c, h0 + 1, w0 + 1] = ge
+        for h in range(h0, h0 + 2):          # odd W: the last column is in no window
+            for w in range(2 * gy.shape[3], gx.shape[3]):
+                gx[n, c, h, w] = 0
+    for h in range(2 * gy.shape[2], gx.shape[2]):    # odd H: the last row is in no window
+        for w in range(gx.shape[3]):
+            gx[n, c, h, w] = 0
+    return dp
+
+
+@pjit
+def lppool2d_bwd_cpu(x, p, gy, kh, kw, sh, sw, ph, pw, gx, gpp):
+    """gx = sum over windows of gy dy/dx_q (gx is written whole, zeros included); gpp[n, c] (float64)
+    = the plane's sum over windows of gy dy/dp, for the glue to reduce to p's shape."""
+    n_ch = x.shape[1]
+    fast = is_2x2(kh, kw, sh, sw, ph, pw)
+    for plane in prange(x.shape[0] * n_ch):
+        n = plane // n_ch
+        c = plane - n * n_ch
+        if fast:
+            gpp[n, c] = _bwd_plane_2x2(x, p, gy, n, c, gx)
+        else:
+            gpp[n, c] = _bwd_plane(x, p, gy, n, c, kh, kw, sh, sw, ph, pw, gx)
