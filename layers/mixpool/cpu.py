@@ -161,22 +161,21 @@ def _bwd_plane(gy, x, plane, n, c, av, omega, gated, g, d, arg, kh, kw, sh, sw, 
 
 
 @njit(inline='always')
-def _bwd_plane_2x2(gy, x, plane, n, c, av, omega, gated, g, d, arg, gx, gom):
-    """The 2x2, stride 2, no padding case: every gx cell written once (the odd last row and
-    column, in no window, get 0)."""
+def _gated_bwd_plane_2x2(gy, x, plane, n, c, omega, g, d, arg, gx, gom):
+    """The 2x2, stride 2, no padding case of gated pooling: every gx cell written once (the odd
+    last row and column, in no window, get 0)."""
     h_in, w_in = gx.shape[2], gx.shape[3]
     s0 = 0.0
     s1 = 0.0
     s2 = 0.0
     s3 = 0.0
-    if gated:
-        o0, o1, o2, o3 = omega[0], omega[1], omega[2], omega[3]
+    o0, o1, o2, o3 = omega[0], omega[1], omega[2], omega[3]
     for oh in range(gy.shape[2]):
         h0 = 2 * oh
         for ow in range(gy.shape[3]):
             w0 = 2 * ow
             gv = gy[n, c, oh, ow]
-            gate = g[n, c, oh, ow] if gated else av
+            gate = g[n, c, oh, ow]
             q = arg[n, c, oh, ow]
             share = gv * (1.0 - gate) * 0.25
             top = gv * gate
@@ -184,18 +183,15 @@ def _bwd_plane_2x2(gy, x, plane, n, c, av, omega, gated, g, d, arg, gx, gom):
             e1 = share + (top if q == 1 else 0.0)
             e2 = share + (top if q == 2 else 0.0)
             e3 = share + (top if q == 3 else 0.0)
-            if gated:
-                t = gv * d[n, c, oh, ow] * gate * (1.0 - gate)
-                e0 += t * o0
-                e1 += t * o1
-                e2 += t * o2
-                e3 += t * o3
-                s0 += t * x[n, c, h0, w0]
-                s1 += t * x[n, c, h0, w0 + 1]
-                s2 += t * x[n, c, h0 + 1, w0]
-                s3 += t * x[n, c, h0 + 1, w0 + 1]
-            else:
-                s0 += gv * d[n, c, oh, ow]
+            t = gv * d[n, c, oh, ow] * gate * (1.0 - gate)
+            e0 += t * o0
+            e1 += t * o1
+            e2 += t * o2
+            e3 += t * o3
+            s0 += t * x[n, c, h0, w0]
+            s1 += t * x[n, c, h0, w0 + 1]
+            s2 += t * x[n, c, h0 + 1, w0]
+            s3 += t * x[n, c, h0 + 1, w0 + 1]
             gx[n, c, h0, w0] = e0
             gx[n, c, h0, w0 + 1] = e1
             gx[n, c, h0 + 1, w0] = e2
@@ -207,10 +203,9 @@ def _bwd_plane_2x2(gy, x, plane, n, c, av, omega, gated, g, d, arg, gx, gom):
         for w in range(w_in):
             gx[n, c, h, w] = 0
     gom[plane, 0] = s0
-    if gated:
-        gom[plane, 1] = s1
-        gom[plane, 2] = s2
-        gom[plane, 3] = s3
+    gom[plane, 1] = s1
+    gom[plane, 2] = s2
+    gom[plane, 3] = s3
 
 
 @njit(inline='always')
@@ -256,6 +251,6 @@ def mixpool2d_bwd_cpu(gy, x, a, omega, g, d, arg, kh, kw, sh, sw, ph, pw, gx, go
             _mixed_bwd_plane_2x2(gy, plane, n, c, a[na, ca], d, arg, gx, gom)
             continue
         if fast:
-            _bwd_plane_2x2(gy, x, plane, n, c, a[na, ca], omega, gated, g, d, arg, gx, gom)
+            _gated_bwd_plane_2x2(gy, x, plane, n, c, omega, g, d, arg, gx, gom)
             continue
         _bwd_plane(gy, x, plane, n, c, a[na, ca], omega, gated, g, d, arg, kh, kw, sh, sw, ph, pw, gx, gom)
