@@ -10,7 +10,9 @@ kernels, input generator), and :func:`minignn.ops.kernels` picks the device's ke
 * ``gfgp/``: the global statistics, the GFGP mapping and the :class:`MaxEntPool2d` layer
   (``gfgp/layer.py``) that forms lam from them.
 * ``mixpool/``: mixed and gated max-average pooling (and the GFGP-gated form), ``lppool/``:
-  power-average pooling, ``softpool.py``: SoftPool (max-entropy pooling at lam = 1).
+  power-average pooling, ``softpool.py``: SoftPool (max-entropy pooling at lam = 1),
+  ``stochastic/``: stochastic pooling and S3 (they draw in train mode), ``lip/``: local
+  importance pooling and instance norm, ``dpp/``: detail-preserving pooling (and its GFGP form).
 * ``shape.py``: parameter-free layers that only move values (Subsample2d, ShortcutA, Identity).
 * ``registry.py``: :data:`POOLINGS`, every ``--pool`` name and how it becomes a layer.
 """
@@ -23,6 +25,11 @@ from .lppool import LPPool2d, lp_pool2d_backward, lp_pool2d_forward
 from .mixpool import gated_pool2d_backward, gated_pool2d_forward, mixed_pool2d_backward, mixed_pool2d_forward
 from .mixpool.layer import GatedPool2d, MixedPool2d
 from .softpool import SoftPool2d
+from .stochastic import s3_pool2d_backward, s3_pool2d_forward, stochastic_pool2d_backward, stochastic_pool2d_forward
+from .stochastic.layer import S3Pool2d, StochasticPool2d
+from .lip import (InstanceNorm2d, LIPPool2d, instance_norm2d_backward, instance_norm2d_forward, lip_pool2d_backward,
+                  lip_pool2d_forward)
+from .dpp import DPPool2d, dpp_pool2d_backward, dpp_pool2d_forward
 from .maxent import maxent_pool2d_backward, maxent_pool2d_forward
 from .gfgp import GFGPMapping, global_stats_backward, global_stats_forward
 from .gfgp.layer import MaxEntPool2d
@@ -33,7 +40,10 @@ __all__ = [
     "Conv2d", "BatchNorm2d", "ReLU", "Linear", "Flatten", "Dropout",
     "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
     "LPPool2d", "lp_pool2d_forward", "lp_pool2d_backward",
-    "SoftPool2d", "MixedPool2d", "GatedPool2d",
+    "SoftPool2d", "MixedPool2d", "GatedPool2d", "StochasticPool2d", "S3Pool2d", "LIPPool2d", "InstanceNorm2d", "DPPool2d",
+    "dpp_pool2d_forward", "dpp_pool2d_backward",
+    "lip_pool2d_forward", "lip_pool2d_backward", "instance_norm2d_forward", "instance_norm2d_backward",
+    "stochastic_pool2d_forward", "stochastic_pool2d_backward", "s3_pool2d_forward", "s3_pool2d_backward",
     "mixed_pool2d_forward", "mixed_pool2d_backward", "gated_pool2d_forward", "gated_pool2d_backward",
     "maxent_pool2d_forward", "maxent_pool2d_backward", "MaxEntPool2d",
     "GFGPMapping", "global_stats_forward", "global_stats_backward",

@@ -17,6 +17,11 @@ name              layer (2x2 window, stride 2)                                op
 ``gated``         :class:`~minignn.layers.GatedPool2d`, omega of k*k weights  none
 ``gfgp-gated``    MixedPool2d, ``mix="gfgp"``: a (N, C) from GFGP             stat, hidden, mlp, bias, batchnorm
 ``lppool``        :class:`~minignn.layers.LPPool2d`, p per channel            p_init
+``stochastic``    :class:`~minignn.layers.StochasticPool2d` (draws in train)  none
+``s3``            :class:`~minignn.layers.S3Pool2d` (draws in train)          grid
+``dpp``           :class:`~minignn.layers.DPPool2d`, gamma, alpha per channel  variant, theta_l_init, theta_a_init
+``gfgp-dpp``      DPPool2d, ``params="gfgp"``: gamma, alpha (N, C) from GFGP  variant, stat, hidden, mlp, bias, batchnorm
+``lip``           :class:`~minignn.layers.LIPPool2d`, 3x3 stride 2 pad 1      none
 ================  ==========================================================  =====================================================
 
 The options' defaults are read from each layer's constructor (:class:`~minignn.layers.MaxEntPool2d`,
@@ -43,6 +48,9 @@ from .mixpool.layer import GatedPool2d, MixedPool2d
 from .pooling import AvgPool2d, MaxPool2d
 from .shape import Subsample2d
 from .softpool import SoftPool2d
+from .stochastic.layer import S3Pool2d, StochasticPool2d
+from .lip.layer import LIPPool2d
+from .dpp.layer import DPPool2d
 
 __all__ = ["PoolingSpec", "POOLINGS", "register_pooling", "validate_options", "format_options"]
 
@@ -258,6 +266,36 @@ def _build_gfgp_gated(channels, **options) -> Module:
     return MixedPool2d(channels, 2, 2, mix="gfgp", **options)
 
 
+def _build_stochastic(channels) -> Module:
+    """StochasticPool2d(2, 2): a cell drawn with probability a / sum a (train), sum a^2 / sum a (eval)."""
+    _check_channels(channels, "stochastic")
+    return StochasticPool2d(2, 2)
+
+
+def _build_s3(channels, **options) -> Module:
+    """S3Pool2d(**options): 2x2 stride-1 max pooling, then stochastic spatial sampling by 2."""
+    _check_channels(channels, "s3")
+    return S3Pool2d(**options)
+
+
+def _build_dpp(channels, **options) -> Module:
+    """DPPool2d(channels, 2, **options): detail-preserving pooling, theta_l and theta_a per channel."""
+    if "params" in options:
+        raise ValueError("pool option params: not an option of pool 'dpp'; the GFGP-guided form is --pool gfgp-dpp")
+    return DPPool2d(channels, 2, **options)
+
+
+def _build_gfgp_dpp(channels, **options) -> Module:
+    """DPPool2d(channels, 2, params="gfgp", **options): gamma and alpha per sample and channel from GFGP."""
+    return DPPool2d(channels, 2, params="gfgp", **options)
+
+
+def _build_lip(channels) -> Module:
+    """LIPPool2d(channels, 3, 2, 1): the paper's 3x3 windows, stride 2, padding 1 (H -> H // 2 for
+    even H), the logit conv at zero (LIP starts as average pooling)."""
+    return LIPPool2d(channels, 3, 2, 1)
+
+
 def _build_lppool(channels, **options) -> Module:
     """LPPool2d(channels, 2, 2, **options): p per channel, p = 1 + softplus(theta)."""
     return LPPool2d(channels, 2, 2, **options)
@@ -298,6 +336,22 @@ for _spec_ in (
     PoolingSpec("lppool", _build_lppool, _constructor_defaults(LPPool2d, ("p_init",)),
                 "power-average pooling (mean x^p)^(1/p) on x >= 0, p >= 1 trained per channel", ("p",),
                 ops=("lp_pool2d",)),
+    PoolingSpec("stochastic", _build_stochastic, {},
+                "stochastic pooling on x >= 0: a cell drawn with p = x / sum x (train), sum x^2 / sum x (eval)",
+                ops=("stochastic_pool2d",)),
+    PoolingSpec("s3", _build_s3, _constructor_defaults(S3Pool2d, ("grid",)),
+                "S3: 2x2 stride-1 max, then half the rows and columns of each grid block drawn (train), 2x2 avg (eval)",
+                ops=("s3_pool2d",)),
+    PoolingSpec("dpp", _build_dpp, _constructor_defaults(DPPool2d, ("variant", "theta_l_init", "theta_a_init")),
+                "detail-preserving pooling: weights (v / mean v)^gamma + alpha, v = (x - window mean)^2 + 1e-3",
+                ("gamma", "alpha"), ops=("dpp_pool2d",)),
+    PoolingSpec("gfgp-dpp", _build_gfgp_dpp,
+                _constructor_defaults(DPPool2d, ("variant", "stat", "hidden", "mlp", "bias", "batchnorm")),
+                "GFGP-DPP: DPP's gamma and alpha per sample and channel from global statistics",
+                ("gamma", "alpha"), ops=("dpp_pool2d", "gfgp_stats", "linear")),
+    PoolingSpec("lip", _build_lip, {},
+                "LIP: softmax(L)-weighted 3x3 stride-2 mean, L = 12 sigmoid(IN(conv3x3(x))), starts as avg",
+                ("logit",), ops=("lip_pool2d", "instance_norm2d", "conv2d")),
 ):
     register_pooling(_spec_)
 del _spec_

@@ -126,3 +126,20 @@ def int_at_least(minimum: int):
         return v
     parse.__name__ = f"integer >= {minimum}"
     return parse
+
+
+def check_backward(gy, saved, saved_type: type, forward: str, where: str, like: str = "x", shape: str | None = "y_shape"):
+    """The checks of a functional backward: ``saved`` is the ``saved_type`` record that
+    ``forward`` returned, and ``gy`` has the forward output's shape (``saved``'s attribute
+    ``shape``; None: the ``like`` array's own shape), dtype and device of the array ``saved``
+    keeps as ``like`` (the forward's input). Returns gy C-contiguous (a copy only when it is not)."""
+    from minignn import backend
+    if not isinstance(saved, saved_type):
+        raise TypeError(f"{where}: saved: expected the {saved_type.__name__} returned by {forward},"
+                        f" got {type(saved).__name__}")
+    ref = getattr(saved, like)
+    check_grad_output(gy, ref.shape if shape is None else getattr(saved, shape), dtype=ref.dtype, where=where)
+    if backend.device_of(gy) != backend.device_of(ref):
+        raise TypeError(f"{where}: gy: expected an array on the same device as the forward input"
+                        f" ({backend.device_of(ref)}), got one on {backend.device_of(gy)}")
+    return backend.get_array_module(ref).ascontiguousarray(gy)

@@ -50,6 +50,23 @@ GatedPool2d                 ``4 K + 7`` per output: mixed pooling's ``2 K + 3``,
 LPPool2d                    ``6 K + 5`` per output: per cell the max's comparison, x / m, the
                             power as exp(p log u) (3) and an add; per output the divide by |R|,
                             the root (3) and the multiply by m
+StochasticPool2d            ``5 K + 2`` per output, the eval rule sum x^2 / sum x: per cell the
+                            max's comparison, x / m, the add to the sum and the square's
+                            multiply-add; per output the divide and the multiply by m
+                            (training's draw is not counted)
+S3Pool2d                    4 per input element (the stride-1 2x2 max, 3 comparisons + 1) and
+                            4 per output (eval: the 2x2 average; training's gather is a copy)
+DPPool2d                    ``13 K + 1`` per output: per cell the window mean's add, d and v
+                            (3), v's mean, the ratio, the power as exp(gamma log r) (3, a log
+                            and an exp counted as one FLOP each), + alpha, the weight's adds
+                            and the weighted value's multiply-add; one divide per output;
+                            "gfgp" (gfgp-dpp) adds the statistics and the mapping (two heads)
+InstanceNorm2d              7 per element: the mean's add, the subtraction, the variance's
+                            multiply-add, the scale by 1/std and the affine multiply-add
+LIPPool2d                   ``6 K + 1`` per output (per cell the max's comparison, L - m, the
+                            exp, the normaliser's add and the weighted value's multiply-add;
+                            one divide) + 5 per input element (the logits' 12 sigmoid); its
+                            children (the 3x3 conv, the instance norm) count themselves
 GFGP statistics             per input cell: "avg" 1 (an add), "max" 1 (a comparison),
                             "avg+std" 4 (add; subtract the mean, square, add); global over
                             H x W, or ("gfgp-local") over each window, K cells per output; the
@@ -100,6 +117,10 @@ from .layers.lppool import LPPool2d
 from .layers.mixpool.layer import GatedPool2d, MixedPool2d
 from .layers.pooling import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from .layers.softpool import SoftPool2d
+from .layers.stochastic.layer import S3Pool2d, StochasticPool2d
+from .layers.lip.instnorm import InstanceNorm2d
+from .layers.lip.layer import LIPPool2d
+from .layers.dpp.layer import DPPool2d
 from .layers.shape import Identity, ShortcutA, Subsample2d
 from .module import Module
 
@@ -175,7 +196,8 @@ def _mapping_per_row(m: GFGPMapping) -> int:
     if m.mlp == "mlp":
         f += _one_by_one(feat, m.hidden, m.bias, m.batchnorm) + m.hidden  # U, then the ReLU
         feat = m.hidden
-    f += _one_by_one(feat, m.channels, m.bias, m.batchnorm) + ACTIVATION_FLOPS[m.activation] * m.channels
+    out = m.channels * m.heads
+    f += _one_by_one(feat, out, m.bias, m.batchnorm) + ACTIVATION_FLOPS[m.activation] * out
     if m.prior == "predicted":
         f += _one_by_one(feat, m.channels * m.K, m.bias, m.batchnorm)
     return f
@@ -208,6 +230,14 @@ def _mixed(m, x, y):
     return f
 
 
+def _dpp(m, x, y):
+    k = m.kernel_size * m.kernel_size
+    f = _size(y) * (13 * k + 1)
+    if m.params == "gfgp":
+        f += STAT_FLOPS[m.stat] * _size(x) + y[0] * _mapping_per_row(m.mapping)
+    return f
+
+
 def _per_window(per_cell, per_out):
     def rule(m, x, y):
         kh, kw = m.kernel_size
@@ -234,6 +264,15 @@ FLOP_RULES: dict[type, FlopRule] = {
                           covers_children=True),
     GatedPool2d: FlopRule(_per_window(4, 7), "4 K + 7 per output (max, mean, omega . x, sigmoid, mix)"),
     LPPool2d: FlopRule(_per_window(6, 5), "6 K + 5 per output (powers as exp(p log u), the root)"),
+    StochasticPool2d: FlopRule(_per_window(5, 2), "5 K + 2 per output (eval: sum x^2 / sum x, max-normalised)"),
+    DPPool2d: FlopRule(_dpp, "13 K + 1 per output (log and exp per cell counted as 1 each), plus GFGP's statistics"
+                             " and mapping (gfgp-dpp)", covers_children=True),
+    InstanceNorm2d: FlopRule(_per_element(7), "7 per element (mean, variance, normalise, affine)"),
+    LIPPool2d: FlopRule(lambda m, x, y: _per_window(6, 1)(m, x, y) + 5 * _size(x),
+                        "6 K + 1 per output (the softmax(L)-weighted mean) + 5 per input (12 sigmoid); its conv and"
+                        " instance norm count themselves"),
+    S3Pool2d: FlopRule(lambda m, x, y: 4 * _size(x) + 4 * _size(y),
+                       "4 per input (the stride-1 2x2 max) + 4 per output (eval: the 2x2 average)"),
     GFGPMapping: FlopRule(_mapping, "its 1x1 layers' matmuls, ReLU and activation per row",
                           covers_children=True),
     Flatten: FlopRule(_zero, "0: a reshape"),

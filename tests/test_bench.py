@@ -38,7 +38,7 @@ TABLES = {
     "layers-pools": {
         "title": "Poolings of --pool, 2x2 stride 2, on (2, 8, 8, 8) ReLU outputs",
         "first": "pool (fwd+bwd, float32)",
-        "rows": list(POOLINGS),
+        "rows": [r for n in POOLINGS for r in ((n, "lip (kernel)") if n == "lip" else (n,))],
         "own": ["ms", "floor ms", "x floor"],
         "torch": [(lambda r: True, ["x torch max_pool2d"])],
         "torch_cols": ["x torch max_pool2d"],

@@ -51,6 +51,14 @@ LAYER_CASES = [
     # power-average pooling takes x >= 0: behind a ReLU, as in the models
     ("LPPool2d", L.LPPool2d, lambda: Sequential(L.ReLU(), L.LPPool2d(C)), (C, 4, 4), True),
     ("LPPool2d-3s2p1", L.LPPool2d, lambda: Sequential(L.ReLU(), L.LPPool2d(C, 3, 2, 1)), (C, 5, 5), True),
+    ("StochasticPool2d-3s2p1", L.StochasticPool2d, lambda: Sequential(L.ReLU(), L.StochasticPool2d(3, 2, 1)),
+     (C, 5, 5), True),
+    ("S3Pool2d", L.S3Pool2d, lambda: L.S3Pool2d(), (C, 5, 5), True),
+    ("DPPool2d", L.DPPool2d, lambda: L.DPPool2d(C), (C, 5, 5), True),
+    ("DPPool2d-asym-3", L.DPPool2d, lambda: L.DPPool2d(C, 3, variant="asym"), (C, 6, 6), True),
+    ("DPPool2d-gfgp", L.DPPool2d, lambda: L.DPPool2d(C, params="gfgp"), (C, 4, 4), True),
+    ("LIPPool2d", L.LIPPool2d, lambda: L.LIPPool2d(C), (C, 5, 5), True),
+    ("InstanceNorm2d", L.InstanceNorm2d, lambda: L.InstanceNorm2d(C), (C, 3, 3), True),
     ("Subsample2d", L.Subsample2d, lambda: L.Subsample2d(2), (C, 5, 5), True),
     ("ShortcutA", L.ShortcutA, lambda: L.ShortcutA(C, 4, 2), (C, 4, 4), True),
     ("Identity", L.Identity, lambda: L.Identity(), (C, 3, 3), True),
@@ -163,8 +171,8 @@ def test_layer_empty_batch(build, x_shape, training):
 
 
 def _pool_case(spec):
-    """A registry pooling; one that takes x >= 0 (lppool) behind a ReLU, as in the models."""
-    return Sequential(L.ReLU(), spec.build(C)) if spec.name == "lppool" else spec.build(C)
+    """A registry pooling; one that takes x >= 0 (lppool, stochastic) behind a ReLU, as in the models."""
+    return Sequential(L.ReLU(), spec.build(C)) if spec.name in ("lppool", "stochastic") else spec.build(C)
 
 
 POOL_CASES = [(f"pool-{name}", None, (lambda s=spec: _pool_case(s)), (C, 4, 4), training)

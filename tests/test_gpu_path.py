@@ -75,12 +75,13 @@ def _forward_backward(op, case, device):
 def test_every_cuda_kernel_is_launched_and_order_checked(monkeypatch):
     """Every op of the table, forward and backward, on gpu-sim over a fixed sweep of its sample
     cases (both dtypes), plus the geometries a sweep of small cases rarely reaches (max pooling
-    over windows of more than 127 cells, whose argmax is int32, and mixed and gated pooling over them): every extern "C" kernel of
+    over windows of more than 127 cells, whose argmax is int32, and mixed, gated and stochastic pooling over them): every extern "C" kernel of
     every .cu file of minignn runs, each launch twice in two block and thread orders."""
     from minignn.cuda import SIM_CHECK_ENV, sim, toolchain
     from minignn.layers.mixpool import (gated_pool2d_backward, gated_pool2d_forward, mixed_pool2d_backward,
                                         mixed_pool2d_forward)
     from minignn.layers.pooling import max_pool2d_backward, max_pool2d_forward
+    from minignn.layers.stochastic import stochastic_pool2d_backward, stochastic_pool2d_forward
     from minignn.ops import OPS
 
     monkeypatch.setenv(SIM_CHECK_ENV, "1")
@@ -98,6 +99,9 @@ def test_every_cuda_kernel_is_launched_and_order_checked(monkeypatch):
         mixed_pool2d_backward(ones, saved)
         y, saved = gated_pool2d_forward(x, backend.xp_for("gpu-sim").zeros(144, dtype=dtype), kernel_size=12, stride=1)
         gated_pool2d_backward(ones, saved)
+        u = backend.to_device(np.random.default_rng(1).random(y.shape), "gpu-sim")
+        y, saved = stochastic_pool2d_forward(abs(x), u, kernel_size=12, stride=1)
+        stochastic_pool2d_backward(ones, saved)
     every = {(str(src.path), k) for src in toolchain.sources() for k in src.kernels}
     missing = sorted(f"{p.rsplit('/', 2)[-2]}/{k}" for p, k in every - sim.launched)
     assert len(every) > 30 and not missing, f"kernels never launched on gpu-sim: {missing}"

@@ -15,10 +15,13 @@ from minignn.models import build_model, make_pool, pooling_layers
 from minignn.train import TrainConfig
 
 NAMES = ("skip", "avg", "max", "maxent", "maxent-param", "gfgp", "gfgp-local", "softpool", "mixed", "gated",
-         "gfgp-gated", "lppool")
+         "gfgp-gated", "lppool", "stochastic", "s3", "dpp", "gfgp-dpp", "lip")
+#: the poolings that take x >= 0 only (they follow a ReLU in the models)
+NONNEGATIVE = ("lppool", "stochastic")
 MAXENT = ("maxent", "maxent-param", "gfgp", "gfgp-local")
 #: the diagnostics (``last_<name>`` attributes) each pooling records
-DIAGNOSTICS = {**{n: ("lam", "rho") for n in MAXENT}, "mixed": ("a",), "gated": ("gate",), "gfgp-gated": ("a",), "lppool": ("p",)}
+DIAGNOSTICS = {**{n: ("lam", "rho") for n in MAXENT}, "mixed": ("a",), "gated": ("gate",), "gfgp-gated": ("a",), "lppool": ("p",),
+               "dpp": ("gamma", "alpha"), "gfgp-dpp": ("gamma", "alpha"), "lip": ("logit",)}
 
 
 def test_registry_names_order_and_specs():
@@ -50,7 +53,7 @@ def test_specs_are_read_only():
 def test_every_pooling_halves_8x8_forward_and_backward(name, channels):
     layer = POOLINGS[name].build(channels)
     x = np.random.default_rng(channels).standard_normal((2, channels, 8, 8)).astype(np.float32)
-    if name == "lppool":        # power-average pooling takes x >= 0 (it follows a ReLU in the models)
+    if name in NONNEGATIVE:
         x = np.abs(x)
     y = layer.forward(x)
     assert y.shape == (2, channels, 4, 4) and y.dtype == np.float32 and np.all(np.isfinite(y))

@@ -326,6 +326,10 @@ class GFGPMapping(Module):
         is channel c, window offset k, row-major in the window).
     kernel_size : int or (kh, kw)
         The pooling window (K = kh*kw; used only with a prior).
+    heads : int
+        How many values per channel the lam head gives (default 1): ``V_lam`` is (heads*C, D) and
+        lam (N, heads*C), head h in columns ``[h*C, (h+1)*C)``, every head from the one shared
+        hidden layer (Eq. 11); DPPool2d(params="gfgp") uses 2 (its theta_l and theta_a).
     bias : bool
         Add a bias after each 1x1 layer.
     batchnorm : bool
@@ -338,12 +342,13 @@ class GFGPMapping(Module):
     Shapes
     ------
     forward(t): t (N, kC) -> lam (N, C), rho (N, C, K) / (C, K) / None;
-    or t (N, kC, Ho, Wo) -> lam (N, C, Ho, Wo), rho (N, C, K, Ho, Wo) / (C, K) / None.
+    or t (N, kC, Ho, Wo) -> lam (N, C, Ho, Wo), rho (N, C, K, Ho, Wo) / (C, K) / None
+    (lam (N, heads*C) and (N, heads*C, Ho, Wo) with ``heads``).
     backward(glam, grho=None) -> gt, same shape as t; grho None means a zero gradient for rho.
     """
 
     def __init__(self, channels, stat="avg", hidden=0.5, mlp="mlp", activation="sigmoid", prior=None,
-                 kernel_size=2, bias=False, batchnorm=False, rng=None):
+                 kernel_size=2, bias=False, batchnorm=False, rng=None, heads=1):
         super().__init__()
         where = "GFGPMapping"
         c = check_positive_int(channels, "channels", where)
@@ -353,6 +358,7 @@ class GFGPMapping(Module):
         _check_choice(prior, "prior", PRIORS, where)
         kh, kw = pair(kernel_size, "kernel_size", where)
         hidden = _check_hidden(hidden, where)
+        heads = check_positive_int(heads, "heads", where)
         bias = _check_flag(bias, "bias", where)
         batchnorm = _check_flag(batchnorm, "batchnorm", where)
         if rng is not None and not isinstance(rng, np.random.Generator):
@@ -364,14 +370,14 @@ class GFGPMapping(Module):
         self.K = kh * kw
         self.in_features = stat_multiplicity(stat) * c
         self.hidden = max(1, int(round(hidden * c))) if mlp == "mlp" else 0
-        self.bias, self.batchnorm = bias, batchnorm
+        self.bias, self.batchnorm, self.heads = bias, batchnorm, heads
         self._saved = None
 
         feat = self.in_features
         if mlp == "mlp":
             self._layer("U", self.hidden, feat, rng)
             feat = self.hidden
-        self._layer("V_lam", c, feat, rng)
+        self._layer("V_lam", heads * c, feat, rng)
         if prior == "predicted":
             self._layer("V_rho", c * self.K, feat, rng)
         elif prior == "param":
@@ -388,7 +394,8 @@ class GFGPMapping(Module):
 
     def extra_repr(self):
         return (f"channels={self.channels}, stat={self.stat!r}, mlp={self.mlp!r}, hidden={self.hidden}, "
-                f"activation={self.activation!r}, prior={self.prior!r}, bias={self.bias}, batchnorm={self.batchnorm}")
+                f"activation={self.activation!r}, prior={self.prior!r}, bias={self.bias}, batchnorm={self.batchnorm}"
+                + (f", heads={self.heads}" if self.heads != 1 else ""))
 
     # --- layout: rows (M, F) for the matmuls, (N, F, Ho, Wo) for batch norm -------------------
     @staticmethod

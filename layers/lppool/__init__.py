@@ -51,7 +51,7 @@ import numbers
 import numpy as np
 
 from minignn import backend, cases, ops
-from minignn.checks import check_array, check_grad_output, check_positive_int
+from minignn.checks import check_array, check_backward, check_grad_output, check_positive_int
 from minignn.module import Module, Parameter
 
 from .._window import Window
@@ -190,16 +190,8 @@ def lp_pool2d_backward(gy, saved):
     gp : Python float (p was a scalar) or array (C,) of x's dtype: summed over N, Ho and Wo
     """
     where = "lp_pool2d_backward"
-    if not isinstance(saved, LpSaved):
-        raise TypeError(f"{where}: saved: expected the LpSaved returned by lp_pool2d_forward,"
-                        f" got {type(saved).__name__}")
+    gy = check_backward(gy, saved, LpSaved, "lp_pool2d_forward", where)
     x = saved.x
-    check_grad_output(gy, saved.y_shape, dtype=x.dtype, where=where)
-    if backend.is_gpu_array(gy) != backend.is_gpu_array(x):
-        raise TypeError(f"{where}: gy: expected an array on the same device as the forward input"
-                        f" ({backend.device_of(x)}), got one on {backend.device_of(gy)}")
-    xp = backend.get_array_module(x)
-    gy = xp.ascontiguousarray(gy)
     gx, gpp = ops.kernels("lp_pool2d", x).backward(x, saved.p, gy, saved.geometry)
     if saved.p_form == "scalar":
         return gx, float(gpp.sum())

@@ -49,7 +49,7 @@ import numbers
 import numpy as np
 
 from minignn import backend, cases, ops
-from minignn.checks import check_array, check_grad_output
+from minignn.checks import check_array, check_backward
 from minignn.layers._window import Window
 
 from . import cpu as _cpu
@@ -219,16 +219,8 @@ def maxent_pool2d_backward(gy, saved):
     grho : None (rho was None) or array shaped like rho
     """
     where = "maxent_pool2d_backward"
-    if not isinstance(saved, MaxEntSaved):
-        raise TypeError(f"{where}: saved: expected the MaxEntSaved returned by maxent_pool2d_forward,"
-                        f" got {type(saved).__name__}")
+    gy = check_backward(gy, saved, MaxEntSaved, "maxent_pool2d_forward", where)
     x = saved.x
-    check_grad_output(gy, saved.y_shape, dtype=x.dtype, where=where)
-    if backend.is_gpu_array(gy) != backend.is_gpu_array(x):
-        raise TypeError(f"{where}: gy: expected an array on the same device as the forward input"
-                        f" ({backend.device_of(x)}), got one on {backend.device_of(gy)}")
-    xp = backend.get_array_module(x)
-    gy = xp.ascontiguousarray(gy)
     gx, glam, grho = ops.kernels("maxent_pool2d", x).backward(x, saved.lam4, saved.rho3, gy, saved.geometry,
                                                               saved.rho_form is not None)
     # glam arrives as (N, C, Hl, Wl): per (n, c) plane, or per position for the "NCHW" form

@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from minignn import backend, cases, ops
-from minignn.checks import check_array, check_grad_output
+from minignn.checks import check_array, check_backward
 from minignn.layers._window import Window
 
 from ..maxent import _check_like_x, _is_scalar
@@ -174,14 +174,8 @@ def gated_pool2d_forward(x, omega, kernel_size=2, stride=None, padding=0):
 
 
 def _backward(gy, saved, where, fn):
-    if not isinstance(saved, MixSaved):
-        raise TypeError(f"{where}: saved: expected the MixSaved returned by {fn}, got {type(saved).__name__}")
-    check_grad_output(gy, saved.d.shape, dtype=saved.d.dtype, where=where)
-    if backend.is_gpu_array(gy) != backend.is_gpu_array(saved.d):
-        raise TypeError(f"{where}: gy: expected an array on the same device as the forward input"
-                        f" ({backend.device_of(saved.d)}), got one on {backend.device_of(gy)}")
+    gy = check_backward(gy, saved, MixSaved, fn, where, like="d", shape=None)
     xp = backend.get_array_module(gy)
-    gy = xp.ascontiguousarray(gy)
     x = saved.x if saved.gated else xp.empty((0, 0, 0, 0), dtype=gy.dtype)
     g = saved.g if saved.gated else xp.empty((0, 0, 0, 0), dtype=gy.dtype)
     name = "gated_pool2d" if saved.gated else "mixed_pool2d"

@@ -50,10 +50,17 @@ def _cases(tiny: bool = False):
 #: writes gx; max/avg read x, write y, read gy, write gx; max-entropy pooling (and softpool, and
 #: lppool, which needs y too) reads x again in backward; mixed writes and reads back max - avg;
 #: gated also the gate, and reads x again for omega's gradient; the GFGP forms read x once more
-#: for their statistics.
+#: for their statistics; stochastic and s3 (train mode) read x, write y and their choices, read
+#: gy and write gx (their small index arrays are left out); lip's pooling kernel (a row of its
+#: own, "lip (kernel)") reads x and the logits L and writes y, then reads x, L and gy and writes
+#: gx and gL; the whole lip layer gets the kernel's floor, a loose bound (its logit network, a
+#: 3x3 conv and an instance norm, is compute-bound); dpp reads x, writes y, reads x
+#: and gy, writes gx (gfgp-dpp: and x once more for its statistics).
 POOL_FLOORS = {"skip": (1, 3), "avg": (2, 2), "max": (2, 2), "maxent": (3, 2), "maxent-param": (3, 2),
                "gfgp": (4, 2), "gfgp-local": (4, 2), "softpool": (3, 2), "mixed": (2, 4), "gated": (3, 6),
-               "gfgp-gated": (3, 4), "lppool": (3, 3)}
+               "gfgp-gated": (3, 4), "lppool": (3, 3),
+               "stochastic": (2, 2), "s3": (2, 2), "lip": (6, 2), "lip (kernel)": (6, 2),
+               "dpp": (3, 2), "gfgp-dpp": (4, 2)}
 
 
 def _step(m, x, gy):
@@ -90,6 +97,19 @@ def bench_poolings(bw: float, repeats: int, tiny: bool, torch):
         floor = POOL_FLOORS.get(name)
         t_floor = None if floor is None else (floor[0] * x.nbytes + floor[1] * y.nbytes) / bw
         rows.append([name, ms(t), ms(t_floor), ratio(t, t_floor), ratio(t, t_max)])
+        if name == "lip":              # the pooling kernel alone, on logits in LIP's range (0, 12)
+            from minignn.layers.lip import lip_pool2d_backward, lip_pool2d_forward
+            logit = (12 * rng.random(x.shape)).astype(np.float32)
+
+            def kstep():
+                _, saved = lip_pool2d_forward(x, logit)
+                lip_pool2d_backward(gy, saved)
+
+            kstep()
+            t = median_time(kstep, repeats=repeats)
+            floor = POOL_FLOORS["lip (kernel)"]
+            t_floor = (floor[0] * x.nbytes + floor[1] * y.nbytes) / bw
+            rows.append(["lip (kernel)", ms(t), ms(t_floor), ratio(t, t_floor), ratio(t, t_max)])
     return print_table(["pool (fwd+bwd, float32)", "ms", "floor ms", "x floor", "x torch max_pool2d"], rows,
                        title=f"Poolings of --pool, 2x2 stride 2, on {(n, c, hw, hw)} ReLU outputs (median of {repeats}; torch"
                              f" max_pool2d fwd+bwd {f'{ms(t_max):.2f}' if t_max is not None else '-'} ms)")
