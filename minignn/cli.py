@@ -127,8 +127,8 @@ def _train_parser(sub):
     p = sub.add_parser(
         "train", help="train a model (default: the tiny net with GFGP pooling on CIFAR-10)",
         description="Train a CNN from scratch. Results (metrics.jsonl, checkpoint.npz, best.npz, curves.png,"
-                    " lam.png, summary.json) go to the run folder. Ctrl-C or SIGTERM saves a checkpoint (exit"
-                    " status 130 or 143); --resume continues exactly where it stopped. A loss that becomes inf or"
+                    " summary.json, and per pooling diagnostic <name>.png and <name>.npz: lam.png, gate.png, ...)"
+                    " go to the run folder. Ctrl-C or SIGTERM saves a checkpoint (exit status 130 or 143); --resume continues exactly where it stopped. A loss that becomes inf or"
                     " NaN stops the run (exit status 2), keeping the last good checkpoint.")
     # every option defaults to None here so that --resume can tell which ones were given;
     # the shown defaults are TrainConfig's
@@ -333,7 +333,8 @@ def cmd_train(args) -> int:
 def _eval_parser(sub):
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test set",
                        description="Evaluate a saved model (checkpoint.npz or best.npz of a run) on its dataset's"
-                                   " test set: loss, accuracy, and for max-entropy pooling the mean lam per layer.")
+                                   " test set: loss, accuracy, and the mean and std of each pooling diagnostic per layer"
+                                   " (lam for max-entropy pooling, gate for gated pooling, p for LP pooling, ...).")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file, or a run folder (uses its best.npz,"
                    " else checkpoint.npz)")
     p.add_argument("--data-dir", default=None, help="data root (default: the one saved in the checkpoint, else"
@@ -385,20 +386,20 @@ def cmd_eval(args) -> int:
     x_test = backend.to_device(ds.x_test, args.device) if args.device != "cpu" else ds.x_test
     loader = BatchLoader(x_test, ds.y_test, args.batch_size, train=False, augment=False, mean=ds.mean,
                          std=ds.std, seed=config.seed)
-    r = evaluate(model, loader, args.device, progress=progress, desc=f"eval {name}", collect_lam=True)
+    r = evaluate(model, loader, args.device, progress=progress, desc=f"eval {name}", collect_diagnostics=True)
     result = {"checkpoint": path, "model": config.model, "pool": config.pool, "dataset": name, "images": r["n"],
               "test_loss": r["loss"], "test_acc": r["acc"], "time": r["time"],
               "epoch": state.get("epoch", state.get("position", {}).get("epoch"))}
-    if r["lam_stats"]:
-        result["lam"] = r["lam_stats"]
+    result.update(r["diagnostics"])  # "lam": {layer: {"mean", "std"}}, "gate": ..., as metrics.jsonl has them
     if args.json:
         print(dumps_json(result))
     else:
         print(f"{path}: {config.model} (pool={config.pool}) on {name} test ({r['n']} images):"
               f" loss {r['loss']:.4f}, accuracy {100 * r['acc']:.2f}%  [{r['time']:.1f} s,"
               f" {r['n'] / max(r['time'], 1e-9):.0f} img/s]")
-        for layer, st in r["lam_stats"].items():
-            print(f"  lam {layer}: mean {st['mean']:.4g}, std {st['std']:.4g}")
+        for d, layers in r["diagnostics"].items():
+            for layer, st in layers.items():
+                print(f"  {d} {layer}: mean {st['mean']:.4g}, std {st['std']:.4g}")
     return 0
 
 

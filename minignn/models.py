@@ -257,5 +257,27 @@ def pooling_layers(model: Module) -> list[tuple[str, Module]]:
     return [(n, m) for n, m in model.named_modules() if hasattr(m, "last_lam")]
 
 
+def diagnostic_names() -> tuple[str, ...]:
+    """Every diagnostic a registered pooling records (``lam``, ``rho``, ``a``, ``gate``, ...), each
+    once, in registry order: the union of :attr:`PoolingSpec.diagnostics` over :data:`POOLINGS`."""
+    return tuple(dict.fromkeys(d for spec in POOLINGS.values() for d in spec.diagnostics))
+
+
+def diagnostic_layers(model: Module, names=None) -> list[tuple[str, Module, tuple[str, ...]]]:
+    """``(layer name, module, diagnostics)`` of every layer that keeps a diagnostic, in network order.
+
+    A layer keeps diagnostic ``d`` when it has a ``last_<d>`` attribute (set by its forward, or
+    None before one): max-entropy pooling ``last_lam`` and ``last_rho``, mixed pooling ``last_a``,
+    gated pooling ``last_gate``, LP pooling ``last_p``, DPP ``last_gamma`` and ``last_alpha``, LIP
+    ``last_logit``. ``names`` limits the search (default :func:`diagnostic_names`)."""
+    names = diagnostic_names() if names is None else tuple(names)
+    out = []
+    for n, m in model.named_modules():
+        kept = tuple(d for d in names if hasattr(m, f"last_{d}"))
+        if kept:
+            out.append((n, m, kept))
+    return out
+
+
 def count_parameters(model: Module) -> int:
     return int(sum(int(np.prod(p.shape)) for p in model.parameters()))

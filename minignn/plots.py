@@ -1,5 +1,5 @@
 """PNG plots of a run: loss, accuracy and learning-rate curves, and the distribution of lam per max-entropy
-pooling layer (the GFGP paper's Fig. 3 style).
+pooling layer (the GFGP paper's Fig. 3 style), or of any pooling's diagnostic (gate, p, ...).
 
 Figures are built with matplotlib's object API on the Agg canvas (no pyplot, no global backend
 switch), so these functions work on a machine without a display and leave a notebook's own
@@ -80,20 +80,35 @@ def plot_curves(history: Sequence[Mapping], path: str, title: str | None = None,
     return _save(curves_figure(history, title, lr_curve), path)
 
 
-def lam_figure(lam: Mapping[str, np.ndarray], title: str | None = None, bins: int = 50):
-    """One histogram panel per pooling layer of the lam values seen over a set of images.
+#: what a value of each built-in diagnostic means, for the figure's caption
+DIAGNOSTIC_NOTES = {
+    "lam": "lam near 0 pools like an average, large positive lam like a max",
+    "rho": "the position prior's weight",
+    "a": "mixing weight of max (1) against average (0)",
+    "gate": "gate of max (1) against average (0)",
+    "p": "p = 1 pools like an average, large p like a max",
+    "gamma": "DPP's detail exponent",
+    "alpha": "DPP's offset (large alpha: average)",
+    "logit": "LIP's logit (equal logits: average)",
+}
 
-    ``lam``: layer name -> 1-D array of lam values (any shape is flattened), in network order.
-    A value of lam near 0 pools like an average, a large positive lam like a max."""
-    if not lam:
-        raise ValueError("lam_figure: lam: expected at least one pooling layer, got none")
-    names = list(lam)
+
+def diagnostic_figure(values: Mapping[str, np.ndarray], name: str = "lam", title: str | None = None,
+                      bins: int = 50):
+    """One histogram panel per pooling layer of one diagnostic's values over a set of images.
+
+    ``values``: layer name -> array of the diagnostic's values (any shape is flattened), in
+    network order; ``name``: the diagnostic (``"lam"``, ``"gate"``, ``"p"``, ...), the panels'
+    x label. Non-finite values are left out of the histogram."""
+    if not values:
+        raise ValueError(f"diagnostic_figure: values: expected at least one pooling layer of {name}, got none")
+    names = list(values)
     ncols = min(len(names), 5)
     nrows = -(-len(names) // ncols)
     fig, ax = _figure(ncols, nrows, panel=(3.4, 2.8))
-    for k, name in enumerate(names):
+    for k, layer in enumerate(names):
         a = ax[k // ncols, k % ncols]
-        v = np.asarray(lam[name], dtype=np.float64).reshape(-1)
+        v = np.asarray(values[layer], dtype=np.float64).reshape(-1)
         v = v[np.isfinite(v)]
         if v.size:
             lo, hi = float(v.min()), float(v.max())
@@ -102,15 +117,33 @@ def lam_figure(lam: Mapping[str, np.ndarray], title: str | None = None, bins: in
             a.hist(v, bins=bins, range=(lo, hi), weights=np.full(v.size, 1.0 / v.size), color="tab:blue", alpha=0.85)
             a.axvline(float(v.mean()), color="tab:red", lw=1, label=f"mean {v.mean():.3g}")
             a.legend(fontsize=7)
-        a.set_title(f"{name} ({v.size:,} values)", fontsize=9)
-        a.set_xlabel("lam")
+        a.set_title(f"{layer} ({v.size:,} values)", fontsize=9)
+        a.set_xlabel(name)
         a.set_ylabel("fraction of values")
         a.grid(alpha=0.3)
     for k in range(len(names), nrows * ncols):
         ax[k // ncols, k % ncols].set_axis_off()
-    if title:
-        fig.suptitle(title)
+    note = DIAGNOSTIC_NOTES.get(name)
+    if title or note:
+        fig.suptitle("\n".join(t for t in (title, f"({note})" if note else None) if t), fontsize=10)
     return fig
+
+
+def plot_diagnostic_histograms(values: Mapping[str, np.ndarray], path: str, name: str = "lam",
+                               title: str | None = None, bins: int = 50) -> str:
+    """Save :func:`diagnostic_figure` as a PNG at ``path``; returns the path."""
+    return _save(diagnostic_figure(values, name, title, bins), path)
+
+
+def lam_figure(lam: Mapping[str, np.ndarray], title: str | None = None, bins: int = 50):
+    """One histogram panel per pooling layer of the lam values seen over a set of images
+    (:func:`diagnostic_figure` of ``"lam"``).
+
+    ``lam``: layer name -> 1-D array of lam values (any shape is flattened), in network order.
+    A value of lam near 0 pools like an average, a large positive lam like a max."""
+    if not lam:
+        raise ValueError("lam_figure: lam: expected at least one pooling layer, got none")
+    return diagnostic_figure(lam, "lam", title, bins)
 
 
 def plot_lam_histograms(lam: Mapping[str, np.ndarray], path: str, title: str | None = None, bins: int = 50) -> str:

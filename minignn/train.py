@@ -12,14 +12,18 @@ What a run writes, in its folder (``runs/<model>-<pool>-<dataset>-<timestamp>`` 
 
 * ``config.json``: the settings;
 * ``metrics.jsonl``: one JSON object per finished epoch (losses, accuracies, learning rate,
-  times, images/s, and for max-entropy pooling the mean and std of lam per pooling layer);
+  times, images/s, and for each diagnostic the pooling layers keep, ``"<name>": {layer: {"mean",
+  "std"}}`` over the test set: ``lam`` (and ``rho`` with a prior) for max-entropy pooling, ``a``
+  for mixed pooling and gfgp-gated, ``gate`` for gated pooling, ``p`` for LP pooling, ``gamma``
+  and ``alpha`` for DPP, ``logit`` for LIP);
 * ``checkpoint.npz``: the latest position (see :mod:`minignn.checkpoint`): parameters and
   buffers, optimizer state (momentum buffers), schedule settings and global step, epoch and step
   within the epoch, the library's RNG state, the metrics history and the config; written at the
   end of every epoch, every ``checkpoint_every`` steps, and on Ctrl-C or SIGTERM;
 * ``best.npz``: the parameters and buffers of the epoch with the best test accuracy;
-* ``curves.png`` (loss and accuracy), and for max-entropy pooling ``lam.png`` (the distribution
-  of lam per pooling layer over the test set) and ``lam.npz`` (the sampled values);
+* ``curves.png`` (loss and accuracy), and per diagnostic ``<name>.png`` (its distribution per
+  pooling layer over the test set: ``lam.png`` for max-entropy pooling, ``gate.png`` for gated
+  pooling, ...) and ``<name>.npz`` (the sampled values, one array per layer);
 * ``summary.json``: best and final accuracy, time per epoch.
 
 Every file is written atomically (a temporary file renamed over the old one, see
@@ -78,7 +82,7 @@ from .checkpoint import (CheckpointError, atomic_write, dumps_json, load_checkpo
                          save_checkpoint)
 from .layers.registry import POOLINGS, validate_options
 from .loss import SoftmaxCrossEntropy
-from .models import MODELS, build_model, count_parameters, pooling_layers
+from .models import MODELS, build_model, count_parameters, diagnostic_layers, diagnostic_names
 from .checks import check_real
 from .optim import OPTIMIZERS, check_betas, make_optimizer
 from .runlock import RunFolderError, RunLock, check_unlocked
@@ -90,8 +94,16 @@ METRICS = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
 SUMMARY = "summary.json"
 CONFIG = "config.json"
-#: the files a run writes in its folder (what ``overwrite=True`` deletes first)
+#: the files a run writes in its folder (what ``overwrite=True`` deletes first), besides one
+#: ``<name>.npz`` and ``<name>.png`` per diagnostic (:func:`run_files` lists them all)
 RUN_FILES = (CONFIG, METRICS, METRICS_CSV, CHECKPOINT, BEST, SUMMARY, "lam.npz", "curves.png", "lam.png")
+
+
+def run_files() -> tuple[str, ...]:
+    """:data:`RUN_FILES` plus ``<name>.npz`` and ``<name>.png`` of every diagnostic a registered
+    pooling records (so a pooling registered later is covered)."""
+    extra = [f"{d}.{ext}" for d in diagnostic_names() for ext in ("npz", "png")]
+    return tuple(dict.fromkeys(RUN_FILES + tuple(extra)))
 _RUN_MARKERS = (CHECKPOINT, BEST, METRICS, SUMMARY, CONFIG)  # any of them: the folder holds a run
 
 
@@ -286,39 +298,48 @@ class _InterruptGuard:
             raise Interrupted(self.signum)
 
 
-class _LamRecorder:
-    """Per pooling layer: running mean/std of lam over an evaluation and an evenly strided sample
-    of its values (at most ``cap`` per layer) for histograms."""
+class _DiagnosticRecorder:
+    """Per layer and diagnostic (lam, rho, a, gate, p, gamma, alpha, logit): the running mean and
+    std over an evaluation, and an evenly strided sample of the values (at most ``cap`` per layer
+    and diagnostic) for histograms.
+
+    ``layers``: ``(name, module, diagnostics)`` as :func:`~minignn.models.diagnostic_layers`
+    gives; a diagnostic still None after a forward (rho without a prior) is not recorded."""
 
     def __init__(self, layers, num_batches: int, cap: int = 100_000):
         self.layers = layers
         self.per_batch = max(1, math.ceil(cap / max(1, num_batches)))
-        self.stats = {n: [0.0, 0.0, 0] for n, _ in layers}
-        self.samples = {n: [] for n, _ in layers}
+        self.stats: dict = {}    # diagnostic -> layer -> [sum, sum of squares, count]
+        self.samples: dict = {}  # diagnostic -> layer -> [arrays]
 
     def record(self, batch_index: int):
-        for name, m in self.layers:
-            lam = getattr(m, "last_lam", None)
-            if lam is None:
-                continue
-            v = np.asarray(backend.to_numpy(lam), dtype=np.float64).reshape(-1)
-            st = self.stats[name]
-            st[0] += float(v.sum())
-            st[1] += float((v * v).sum())
-            st[2] += v.size
-            stride = max(1, math.ceil(v.size / self.per_batch))
-            self.samples[name].append(v[(batch_index % stride)::stride].astype(np.float32))
+        for name, m, diagnostics in self.layers:
+            for d in diagnostics:
+                value = getattr(m, f"last_{d}", None)
+                if value is None:
+                    continue
+                v = np.asarray(backend.to_numpy(value), dtype=np.float64).reshape(-1)
+                st = self.stats.setdefault(d, {}).setdefault(name, [0.0, 0.0, 0])
+                st[0] += float(v.sum())
+                st[1] += float((v * v).sum())
+                st[2] += v.size
+                stride = max(1, math.ceil(v.size / self.per_batch))
+                self.samples.setdefault(d, {}).setdefault(name, []).append(
+                    v[(batch_index % stride)::stride].astype(np.float32))
 
     def summary(self) -> dict:
+        """``{diagnostic: {layer: {"mean", "std"}}}``, diagnostics and layers in network order."""
         out = {}
-        for name, (s1, s2, n) in self.stats.items():
-            if n:
-                mean = s1 / n
-                out[name] = {"mean": mean, "std": math.sqrt(max(s2 / n - mean * mean, 0.0))}
+        for d, layers in self.stats.items():
+            for name, (s1, s2, n) in layers.items():
+                if n:
+                    mean = s1 / n
+                    out.setdefault(d, {})[name] = {"mean": mean, "std": math.sqrt(max(s2 / n - mean * mean, 0.0))}
         return out
 
     def values(self) -> dict:
-        return {n: np.concatenate(v) for n, v in self.samples.items() if v}
+        """``{diagnostic: {layer: 1-D float32 sample}}``."""
+        return {d: {n: np.concatenate(v) for n, v in layers.items() if v} for d, layers in self.samples.items()}
 
 
 def out_of_memory_message(e: BaseException, device: str, batch_size: int) -> str:
@@ -331,17 +352,23 @@ def out_of_memory_message(e: BaseException, device: str, batch_size: int) -> str
 
 
 def evaluate(model, loader, device: str = "cpu", criterion=None, progress: bool = False, desc: str = "eval",
-             collect_lam: bool = False, guard=None) -> dict:
+             collect_diagnostics: bool = False, guard=None, *, collect_lam: bool | None = None) -> dict:
     """Loss and accuracy of ``model`` (put in eval mode) over every batch of ``loader`` (epoch 0).
 
-    Returns ``{"loss", "acc", "n", "time", "lam_stats", "lam"}``; ``lam_stats`` maps each
-    max-entropy pooling layer to the mean and std of its lam over the set and ``lam`` to a sample
-    of the values (both empty without ``collect_lam`` or without such layers).
+    Returns ``{"loss", "acc", "n", "time", "diagnostics", "samples", "lam_stats", "lam"}``.
+    With ``collect_diagnostics``, ``diagnostics`` maps each diagnostic the pooling layers keep
+    (see :func:`~minignn.models.diagnostic_layers`: lam and rho of max-entropy pooling, a of mixed
+    pooling, gate of gated pooling, p of LP pooling, gamma and alpha of DPP, logit of LIP) to
+    ``{layer: {"mean", "std"}}`` over the set, and ``samples`` to ``{layer: 1-D sample of the
+    values}``; both are empty without it or without such layers. ``lam_stats`` and ``lam`` are
+    the lam entries of the two (``collect_lam`` is the older name of ``collect_diagnostics``).
     """
+    if collect_lam is not None:
+        collect_diagnostics = collect_lam
     criterion = criterion or SoftmaxCrossEntropy()
     model.eval()
     nb = loader.num_batches(0)
-    rec = _LamRecorder(pooling_layers(model), nb) if collect_lam else None
+    rec = _DiagnosticRecorder(diagnostic_layers(model), nb) if collect_diagnostics else None
     loss_sum, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
     with _progress(loader.num_samples, desc, progress) as bar:
@@ -358,9 +385,10 @@ def evaluate(model, loader, device: str = "cpu", criterion=None, progress: bool 
             bar.update(n)
             if guard is not None:
                 guard.check()
+    stats, samples = (rec.summary(), rec.values()) if rec else ({}, {})
     return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1), "n": seen,
             "time": time.perf_counter() - t0,
-            "lam_stats": rec.summary() if rec else {}, "lam": rec.values() if rec else {}}
+            "diagnostics": stats, "samples": samples, "lam_stats": stats.get("lam", {}), "lam": samples.get("lam", {})}
 
 
 def default_run_dir(config: TrainConfig, root: str = "runs") -> str:
@@ -473,7 +501,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best = {"acc": -1.0, "epoch": 0}
         self._consistent = True
-        self._last_lam: dict = {}
+        self._last_samples: dict = {}  # diagnostic -> layer -> sample, of the last evaluation
         if _state is not None:
             self._restore(_state)
 
@@ -666,7 +694,7 @@ class Trainer:
                 if not self.overwrite:
                     self._refuse_existing_run()
                 else:
-                    for f in RUN_FILES:
+                    for f in run_files():
                         if os.path.exists(os.path.join(self.out, f)):
                             os.unlink(os.path.join(self.out, f))
                 self._owns_out = True
@@ -720,9 +748,8 @@ class Trainer:
 
     def _end_epoch(self, guard, run_t0):
         c, e = self.config, self.epoch
-        has_lam = bool(pooling_layers(self.model))
         ev = evaluate(self.model, self.test_loader, c.device, self.criterion, progress=self.progress,
-                      desc=f"epoch {e + 1}/{c.epochs} eval", collect_lam=has_lam, guard=guard)
+                      desc=f"epoch {e + 1}/{c.epochs} eval", collect_diagnostics=True, guard=guard)
         a = self.accum
         rec = {
             "epoch": e + 1,
@@ -737,9 +764,8 @@ class Trainer:
             "epoch_time": a["time"] + ev["time"],
             "train_images_per_s": a["seen"] / a["time"] if a["time"] > 0 else None,
         }
-        if ev["lam_stats"]:
-            rec["lam"] = ev["lam_stats"]
-        self._last_lam = ev["lam"]
+        rec.update(ev["diagnostics"])  # "lam": {layer: {"mean", "std"}}, "gate": ..., one key per diagnostic
+        self._last_samples = ev["samples"]
         self.history.append(rec)
         improved = ev["acc"] > self.best["acc"]
         if improved:
@@ -753,8 +779,8 @@ class Trainer:
                 "epoch": e + 1, "test_acc": ev["acc"], "num_classes": self.dataset.num_classes,
                 "classes": list(self.dataset.classes), **self._data_description()})
         self._write_metrics()
-        if ev["lam"]:
-            atomic_write(os.path.join(self.out, "lam.npz"), lambda f: np.savez(f, **ev["lam"]))
+        for d, sample in ev["samples"].items():
+            atomic_write(os.path.join(self.out, f"{d}.npz"), lambda f, sample=sample: np.savez(f, **sample))
         elapsed = time.perf_counter() - run_t0
         left = c.epochs - self.epoch
         eta = f", run ETA {_fmt_time(elapsed / max(1, len(self.history)) * left)}" if left else ""
@@ -854,14 +880,18 @@ class Trainer:
             files.append(plots.plot_curves(h, os.path.join(self.out, "curves.png"),
                                            title=f"{self.config.model} / {self.config.pool} / {self.dataset.name}",
                                            lr_curve=self._lr_curve()))
-            lam = self._last_lam
-            if not lam and os.path.exists(os.path.join(self.out, "lam.npz")):
-                with np.load(os.path.join(self.out, "lam.npz")) as z:
-                    lam = {k: z[k] for k in z.files}
-            if lam:
-                files.append(plots.plot_lam_histograms(lam, os.path.join(self.out, "lam.png"),
-                                                       title=f"lam per pooling layer ({self.config.model},"
-                                                             f" {self.config.pool}, test set)"))
+            samples = dict(self._last_samples)
+            if not samples:  # resumed after the last epoch: the samples the run wrote
+                for d in diagnostic_names():
+                    path = os.path.join(self.out, f"{d}.npz")
+                    if os.path.exists(path):
+                        with np.load(path) as z:
+                            samples[d] = {k: z[k] for k in z.files}
+            for d, values in samples.items():
+                if values:
+                    files.append(plots.plot_diagnostic_histograms(
+                        values, os.path.join(self.out, f"{d}.png"), name=d,
+                        title=f"{d} per pooling layer ({self.config.model}, {self.config.pool}, test set)"))
         summary = {
             "run_dir": self.out,
             "epochs": len(h),
@@ -888,16 +918,19 @@ _COMPILE_NOTICE_S = 3.0  # a warm-up longer than this is compiling (a cached sta
 
 def metrics_csv(history) -> str:
     """The per-epoch records as CSV (a header, then one row per epoch): the scalar fields in a
-    fixed order, then ``lam/<layer>/mean`` and ``lam/<layer>/std`` for each max-entropy pooling
-    layer; an absent or non-finite value is an empty cell."""
+    fixed order, then ``<diagnostic>/<layer>/mean`` and ``<diagnostic>/<layer>/std`` for each
+    diagnostic the records hold (``lam/pool1/mean``, ``gate/pool2/std``, ...: every field whose
+    value is a ``{layer: {"mean", "std"}}`` mapping); an absent or non-finite value is an empty cell."""
     import csv
     import io
     cols = ["epoch", "step", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "train_time", "eval_time",
             "epoch_time", "train_images_per_s"]
-    extra = [k for r in history for k in r if k not in cols and k != "lam"]
+    diagnostics = list(dict.fromkeys(k for r in history for k, v in r.items() if isinstance(v, dict)))
+    extra = [k for r in history for k in r if k not in cols and k not in diagnostics]
     cols += list(dict.fromkeys(extra))
-    layers = list(dict.fromkeys(name for r in history for name in r.get("lam", {})))
-    lam_cols = [f"lam/{n}/{stat}" for n in layers for stat in ("mean", "std")]
+    diag_cols = [(d, n, stat) for d in diagnostics
+                 for n in dict.fromkeys(name for r in history for name in r.get(d, {}))
+                 for stat in ("mean", "std")]
 
     def cell(v):
         if v is None or (isinstance(v, float) and not math.isfinite(v)):
@@ -905,11 +938,10 @@ def metrics_csv(history) -> str:
         return repr(v) if isinstance(v, float) else v
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols + lam_cols)
+    w.writerow(cols + [f"{d}/{n}/{stat}" for d, n, stat in diag_cols])
     for r in history:
-        lam = r.get("lam", {})
         w.writerow([cell(r.get(k)) for k in cols]
-                   + [cell(lam.get(n, {}).get(stat)) for n in layers for stat in ("mean", "std")])
+                   + [cell(r.get(d, {}).get(n, {}).get(stat)) for d, n, stat in diag_cols])
     return buf.getvalue()
 
 
