@@ -22,6 +22,7 @@ name              layer (2x2 window, stride 2)                                op
 ``dpp``           :class:`~minignn.layers.DPPool2d`, gamma, alpha per channel  variant, theta_l_init, theta_a_init
 ``gfgp-dpp``      DPPool2d, ``params="gfgp"``: gamma, alpha (N, C) from GFGP  variant, stat, hidden, mlp, bias, batchnorm
 ``lip``           :class:`~minignn.layers.LIPPool2d`, 3x3 stride 2 pad 1      none
+``gaussian``      GaussianPool2d: mean + eta std, eta (N, C) from GFGP        stochasticity, stat, hidden, mlp, bias, batchnorm
 ================  ==========================================================  =====================================================
 
 The options' defaults are read from each layer's constructor (:class:`~minignn.layers.MaxEntPool2d`,
@@ -51,6 +52,7 @@ from .softpool import SoftPool2d
 from .stochastic.layer import S3Pool2d, StochasticPool2d
 from .lip.layer import LIPPool2d
 from .dpp.layer import DPPool2d
+from .gaussian.layer import GaussianPool2d
 
 __all__ = ["PoolingSpec", "POOLINGS", "register_pooling", "validate_options", "format_options"]
 
@@ -296,6 +298,12 @@ def _build_lip(channels) -> Module:
     return LIPPool2d(channels, 3, 2, 1)
 
 
+def _build_gaussian(channels, **options) -> Module:
+    """GaussianPool2d(channels, 2, 2, **options): mean + eta std per window, eta from the GFGP-style
+    mapping (noisy in train unless stochasticity=None)."""
+    return GaussianPool2d(channels, 2, 2, **options)
+
+
 def _build_lppool(channels, **options) -> Module:
     """LPPool2d(channels, 2, 2, **options): p per channel, p = 1 + softplus(theta)."""
     return LPPool2d(channels, 2, 2, **options)
@@ -352,6 +360,10 @@ for _spec_ in (
     PoolingSpec("lip", _build_lip, {},
                 "LIP: softmax(L)-weighted 3x3 stride-2 mean, L = 12 sigmoid(IN(conv3x3(x))), starts as avg",
                 ("logit",), ops=("lip_pool2d", "instance_norm2d", "conv2d")),
+    PoolingSpec("gaussian", _build_gaussian,
+                _constructor_defaults(GaussianPool2d, ("stochasticity", "stat", "hidden", "mlp", "bias", "batchnorm")),
+                "Gaussian pooling mean + eta std per window, eta = softplus(mu_eta + sigma_eta eps) from global"
+                " statistics (eps = 0 in eval)", ("eta",), ops=("gaussian_pool2d", "gfgp_stats", "linear")),
 ):
     register_pooling(_spec_)
 del _spec_

@@ -269,7 +269,7 @@ def diagnostic_layers(model: Module, names=None) -> list[tuple[str, Module, tupl
     A layer keeps diagnostic ``d`` when it has a ``last_<d>`` attribute (set by its forward, or
     None before one): max-entropy pooling ``last_lam`` and ``last_rho``, mixed pooling ``last_a``,
     gated pooling ``last_gate``, LP pooling ``last_p``, DPP ``last_gamma`` and ``last_alpha``, LIP
-    ``last_logit``. ``names`` limits the search (default :func:`diagnostic_names`)."""
+    ``last_logit``, Gaussian pooling ``last_eta``. ``names`` limits the search (default :func:`diagnostic_names`)."""
     names = diagnostic_names() if names is None else tuple(names)
     out = []
     for n, m in model.named_modules():

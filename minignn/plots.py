@@ -90,6 +90,7 @@ DIAGNOSTIC_NOTES = {
     "gamma": "DPP's detail exponent",
     "alpha": "DPP's offset (large alpha: average)",
     "logit": "LIP's logit (equal logits: average)",
+    "eta": "Gaussian pooling's eta: mean + eta std (0: average)",
 }
 
 

@@ -67,6 +67,11 @@ LIPPool2d                   ``6 K + 1`` per output (per cell the max's compariso
                             exp, the normaliser's add and the weighted value's multiply-add;
                             one divide) + 5 per input element (the logits' 12 sigmoid); its
                             children (the 3x3 conv, the instance norm) count themselves
+GaussianPool2d              ``4 K + 4`` per output: per cell the mean's add, the deviation, its
+                            square's multiply-add (the two-pass variance, 3); per output the
+                            sqrt, the floor, and mu + eta sigma (2); plus the statistics and
+                            the mapping (two heads); training's softplus of the noisy eta and
+                            the draw are not counted
 GFGP statistics             per input cell: "avg" 1 (an add), "max" 1 (a comparison),
                             "avg+std" 4 (add; subtract the mean, square, add); global over
                             H x W, or ("gfgp-local") over each window, K cells per output; the
@@ -121,6 +126,7 @@ from .layers.stochastic.layer import S3Pool2d, StochasticPool2d
 from .layers.lip.instnorm import InstanceNorm2d
 from .layers.lip.layer import LIPPool2d
 from .layers.dpp.layer import DPPool2d
+from .layers.gaussian.layer import GaussianPool2d
 from .layers.shape import Identity, ShortcutA, Subsample2d
 from .module import Module
 
@@ -238,6 +244,12 @@ def _dpp(m, x, y):
     return f
 
 
+def _gaussian(m, x, y):
+    kh, kw = m.kernel_size
+    return (_size(y) * (4 * kh * kw + 4) + STAT_FLOPS[m.stat] * _size(x)
+            + y[0] * _mapping_per_row(m.mapping))
+
+
 def _per_window(per_cell, per_out):
     def rule(m, x, y):
         kh, kw = m.kernel_size
@@ -265,6 +277,8 @@ FLOP_RULES: dict[type, FlopRule] = {
     GatedPool2d: FlopRule(_per_window(4, 7), "4 K + 7 per output (max, mean, omega . x, sigmoid, mix)"),
     LPPool2d: FlopRule(_per_window(6, 5), "6 K + 5 per output (powers as exp(p log u), the root)"),
     StochasticPool2d: FlopRule(_per_window(5, 2), "5 K + 2 per output (eval: sum x^2 / sum x, max-normalised)"),
+    GaussianPool2d: FlopRule(_gaussian, "4 K + 4 per output, plus GFGP's statistics and mapping (two heads)",
+                             covers_children=True),
     DPPool2d: FlopRule(_dpp, "13 K + 1 per output (log and exp per cell counted as 1 each), plus GFGP's statistics"
                              " and mapping (gfgp-dpp)", covers_children=True),
     InstanceNorm2d: FlopRule(_per_element(7), "7 per element (mean, variance, normalise, affine)"),

@@ -21,7 +21,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def test_diagnostic_names_are_the_registry_union():
     names = diagnostic_names()
-    assert names == ("lam", "rho", "a", "gate", "p", "gamma", "alpha", "logit")
+    assert names == ("lam", "rho", "a", "gate", "p", "gamma", "alpha", "logit", "eta")
     assert set(names) == {d for spec in POOLINGS.values() for d in spec.diagnostics}
     assert {"gate.npz", "gate.png", "logit.npz", "lam.png"} <= set(run_files())
 
@@ -77,7 +77,8 @@ def _per_channel(pool, model):
     return out
 
 
-@pytest.mark.parametrize("pool", ["mixed", "gated", "gfgp-gated", "lppool", "dpp", "gfgp-dpp", "lip"])
+@pytest.mark.parametrize("pool", ["mixed", "gated", "gfgp-gated", "lppool", "dpp", "gfgp-dpp", "lip",
+                                  "gaussian"])
 def test_training_records_the_pooling_diagnostics(pool, tmp_path):
     out = tmp_path / "run"
     t = Trainer(_cfg(pool), out=str(out), progress=False, plots=True, log=lambda m: None)

@@ -58,6 +58,7 @@ LAYER_CASES = [
     ("DPPool2d-asym-3", L.DPPool2d, lambda: L.DPPool2d(C, 3, variant="asym"), (C, 6, 6), True),
     ("DPPool2d-gfgp", L.DPPool2d, lambda: L.DPPool2d(C, params="gfgp"), (C, 4, 4), True),
     ("LIPPool2d", L.LIPPool2d, lambda: L.LIPPool2d(C), (C, 5, 5), True),
+    ("GaussianPool2d", L.GaussianPool2d, lambda: L.GaussianPool2d(C), (C, 5, 5), True),
     ("InstanceNorm2d", L.InstanceNorm2d, lambda: L.InstanceNorm2d(C), (C, 3, 3), True),
     ("Subsample2d", L.Subsample2d, lambda: L.Subsample2d(2), (C, 5, 5), True),
     ("ShortcutA", L.ShortcutA, lambda: L.ShortcutA(C, 4, 2), (C, 4, 4), True),

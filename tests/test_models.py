@@ -19,12 +19,12 @@ N_POOLS = {"tiny": 3, "vgg11": 5, "resnet20": 2}
 def _pool_types():
     from minignn.layers.gfgp.layer import MaxEntPool2d
     from minignn.layers.pooling import AvgPool2d, MaxPool2d
-    from minignn.layers import DPPool2d, GatedPool2d, LIPPool2d, LPPool2d, MixedPool2d, S3Pool2d, SoftPool2d, StochasticPool2d
+    from minignn.layers import DPPool2d, GatedPool2d, GaussianPool2d, LIPPool2d, LPPool2d, MixedPool2d, S3Pool2d, SoftPool2d, StochasticPool2d
     return {"max": MaxPool2d, "avg": AvgPool2d, "skip": Subsample2d, "maxent": MaxEntPool2d,
             "maxent-param": MaxEntPool2d, "gfgp": MaxEntPool2d, "gfgp-local": MaxEntPool2d, "softpool": SoftPool2d,
             "mixed": MixedPool2d, "gated": GatedPool2d, "gfgp-gated": MixedPool2d, "lppool": LPPool2d,
             "stochastic": StochasticPool2d, "s3": S3Pool2d,
-            "lip": LIPPool2d, "dpp": DPPool2d, "gfgp-dpp": DPPool2d}
+            "lip": LIPPool2d, "dpp": DPPool2d, "gfgp-dpp": DPPool2d, "gaussian": GaussianPool2d}
 
 
 @pytest.mark.parametrize("pool", tuple(POOLINGS))

@@ -15,13 +15,14 @@ from minignn.models import build_model, make_pool, pooling_layers
 from minignn.train import TrainConfig
 
 NAMES = ("skip", "avg", "max", "maxent", "maxent-param", "gfgp", "gfgp-local", "softpool", "mixed", "gated",
-         "gfgp-gated", "lppool", "stochastic", "s3", "dpp", "gfgp-dpp", "lip")
+         "gfgp-gated", "lppool", "stochastic", "s3", "dpp", "gfgp-dpp", "lip", "gaussian")
 #: the poolings that take x >= 0 only (they follow a ReLU in the models)
 NONNEGATIVE = ("lppool", "stochastic")
 MAXENT = ("maxent", "maxent-param", "gfgp", "gfgp-local")
 #: the diagnostics (``last_<name>`` attributes) each pooling records
 DIAGNOSTICS = {**{n: ("lam", "rho") for n in MAXENT}, "mixed": ("a",), "gated": ("gate",), "gfgp-gated": ("a",), "lppool": ("p",),
-               "dpp": ("gamma", "alpha"), "gfgp-dpp": ("gamma", "alpha"), "lip": ("logit",)}
+               "dpp": ("gamma", "alpha"), "gfgp-dpp": ("gamma", "alpha"), "lip": ("logit",),
+               "gaussian": ("eta",)}
 
 
 def test_registry_names_order_and_specs():

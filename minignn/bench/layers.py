@@ -55,12 +55,13 @@ def _cases(tiny: bool = False):
 #: own, "lip (kernel)") reads x and the logits L and writes y, then reads x, L and gy and writes
 #: gx and gL; the whole lip layer gets the kernel's floor, a loose bound (its logit network, a
 #: 3x3 conv and an instance norm, is compute-bound); dpp reads x, writes y, reads x
-#: and gy, writes gx (gfgp-dpp: and x once more for its statistics).
+#: and gy, writes gx (gfgp-dpp: and x once more for its statistics); gaussian (train mode) as
+#: gfgp-dpp, plus its per-window eta read in forward and backward and its gradient written.
 POOL_FLOORS = {"skip": (1, 3), "avg": (2, 2), "max": (2, 2), "maxent": (3, 2), "maxent-param": (3, 2),
                "gfgp": (4, 2), "gfgp-local": (4, 2), "softpool": (3, 2), "mixed": (2, 4), "gated": (3, 6),
                "gfgp-gated": (3, 4), "lppool": (3, 3),
                "stochastic": (2, 2), "s3": (2, 2), "lip": (6, 2), "lip (kernel)": (6, 2),
-               "dpp": (3, 2), "gfgp-dpp": (4, 2)}
+               "dpp": (3, 2), "gfgp-dpp": (4, 2), "gaussian": (4, 5)}
 
 
 def _step(m, x, gy):
