@@ -17,7 +17,10 @@ and ``p_q = exp(gamma l_q)``::
 
 (the derivation is in the package docstring). The backward recomputes the window from x; the
 2x2 bodies keep the four cells in registers (4 logs and 4 exps per window, forward and backward
-alike), the general bodies keep a window's e, v, p and l in a per-plane scratch of 4 x k*k.
+alike; the 2x2 forward takes them from :mod:`minignn._fastmath`, branch-free, so LLVM runs its
+window loop in SIMD lanes: 2.3x faster than libm's one-at-a-time calls; the backward, whose
+per-plane sums are a loop-carried float reduction that LLVM will not vectorise, keeps libm,
+which is faster there than the polynomials run one value at a time), the general bodies keep a window's e, v, p and l in a per-plane scratch of 4 x k*k.
 Every gx cell is written exactly once: the window cells by their window, the trailing rows and
 columns (in no window) with 0, so gx needs no separate memset. The per-plane sums are float64
 (N, C) arrays that the glue reduces to each parameter's form.
@@ -28,6 +31,7 @@ import math
 
 import numpy as np
 
+from minignn._fastmath import div, exp, log
 from minignn._numba import njit, pjit, prange
 
 #: eps in ``v = e^2 + eps``.
@@ -37,9 +41,7 @@ DPP_EPS = 1e-3
 @njit(inline='always')
 def _emph(dv, asym):
     """e = d ("sym") or ReLU(d) ("asym")."""
-    if asym != 0 and dv < 0.0:
-        return 0.0
-    return dv
+    return 0.0 if (asym != 0) & (dv < 0.0) else dv     # a select, not a branch (vectorisable)
 
 
 # -------------------------------------------------------------------------------------- forward
@@ -64,14 +66,14 @@ def _fwd_plane_2x2(x, gamma, alpha, asym, n, c, y):
             v1 = e1 * e1 + DPP_EPS
             v2 = e2 * e2 + DPP_EPS
             v3 = e3 * e3 + DPP_EPS
-            iv = 4.0 / ((v0 + v1) + (v2 + v3))
-            p0 = math.exp(gm * math.log(v0 * iv))
-            p1 = math.exp(gm * math.log(v1 * iv))
-            p2 = math.exp(gm * math.log(v2 * iv))
-            p3 = math.exp(gm * math.log(v3 * iv))
+            iv = div(4.0, (v0 + v1) + (v2 + v3))
+            p0 = exp(gm * log(v0 * iv))
+            p1 = exp(gm * log(v1 * iv))
+            p2 = exp(gm * log(v2 * iv))
+            p3 = exp(gm * log(v3 * iv))
             s = ((p0 + p1) + (p2 + p3)) + 4.0 * al
             t = (i0 * (p0 + al) + i1 * (p1 + al)) + (i2 * (p2 + al) + i3 * (p3 + al))
-            y[n, c, oh, ow] = t / s
+            y[n, c, oh, ow] = div(t, s)
 
 
 @njit(inline='always')

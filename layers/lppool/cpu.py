@@ -26,6 +26,10 @@ B = 1/|R| sum_q u_q^p log u_q (0 log 0 = 0)::
 and for an all-zero window dy/dx_q = 1/|R|, dy/dp = 0; a window with m = inf or NaN gets NaN.
 ``u ** (p - 1)`` is 1 at u = 0 for p = 1 (0^0 = 1: average pooling's gradient) and 0 for p > 1.
 The 2x2 backward forms each cell's three powers from one log and one exp (:func:`_powers`).
+The 2x2 forward takes its powers as ``exp(p log u)`` from :mod:`minignn._fastmath` and selects
+(not branches) on the window's kind, so LLVM runs its window loop in SIMD lanes (3.5x faster
+than ``**``); the backward keeps libm (its per-plane dp sum is a float reduction that LLVM will
+not vectorise, and one value at a time libm is the faster).
 ``log`` is only taken of u > 0 (plain Python's math.log(0) raises).
 
 Two plane bodies per kernel: the general one (any kernel, stride and padding, window by window)
@@ -41,6 +45,7 @@ import math
 
 import numpy as np
 
+from minignn._fastmath import div, exp, log
 from minignn._numba import njit, pjit, prange
 from minignn.layers._window import is_2x2, real_offsets
 from minignn.layers.pooling.cpu import _takes_over, _zero_plane, max4
@@ -72,6 +77,12 @@ def _ulogu(u, up):
 
 
 # -------------------------------------------------------------------------------------- forward
+@njit(inline='always')
+def _upow(u, pc):
+    """u^p for u in [0, 1] (a little above 1 by rounding is fine), p >= 1: ``exp(p log u)``, 0 at 0."""
+    return exp(pc * log(u))
+
+
 @njit(inline='always')
 def _fwd_plane(x, p, n, c, kh, kw, sh, sw, ph, pw, y):
     h_in, w_in = x.shape[2], x.shape[3]
@@ -107,11 +118,11 @@ def _fwd_plane_2x2(x, p, n, c, y):
             d = np.float64(x[n, c, h0 + 1, w0])
             e = np.float64(x[n, c, h0 + 1, w0 + 1])
             m = max4(a, b, d, e)[0]
-            v = m
-            if _ordinary(m):
-                s = ((a / m) ** pc + (b / m) ** pc) + ((d / m) ** pc + (e / m) ** pc)
-                v = m * (s * 0.25) ** inv_p
-            y[n, c, oh, ow] = v
+            # branch-free: the power mean is formed always, and kept when m is ordinary (a / m, not
+            # a * (1 / m): 1 / m overflows for a subnormal float64 m)
+            s = (_upow(div(a, m), pc) + _upow(div(b, m), pc)) + (_upow(div(d, m), pc) + _upow(div(e, m), pc))
+            v = m * exp(inv_p * log(s * 0.25))
+            y[n, c, oh, ow] = v if _ordinary(m) else m
 
 
 @pjit
