@@ -225,6 +225,27 @@ def test_s3_train_and_eval_by_the_definition(device):
     assert_close(y, avg_pool2d_forward(m, 2, 2), rtol=1e-14, atol=1e-15, name="eval y")
 
 
+@pytest.mark.parametrize("rows, cols", [([2], [1, 2]),          # the last row kept (its window: itself alone)
+                                        ([0], [0, 1]),          # consecutive columns share column 1
+                                        ([1], [2, 3])])         # the last column kept, 4 = W - 1
+def test_s3_train_edges_match_the_reference(device, rows, cols):
+    """The kept windows at the border (clipped, read twice by the gather) and kept neighbours
+    (an input row or column under two windows): y and gx against the reference, with ties
+    between equal cells (first of ties wins, as max pooling)."""
+    from minignn.layers.stochastic import _backward_s3_ref, _forward_s3_ref
+    require(device, "s3_pool2d")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 2, 3, 4))
+    x[0, 0, 2, 3] = x[0, 0, 2, 2]                             # a tie in the last row
+    rows, cols = np.array(rows), np.array(cols)
+    (y_ref,), saved_ref = _forward_s3_ref(x, rows, cols)
+    gy = rng.standard_normal(y_ref.shape)
+    gx_ref = _backward_s3_ref(saved_ref, gy)[0]
+    y, saved = s3_pool2d_forward(*on(device, x, rows, cols))
+    assert_close(y, y_ref, rtol=0, atol=0, name="y")
+    assert_close(s3_pool2d_backward(on(device, gy)[0], saved), gx_ref, rtol=1e-15, atol=1e-15, name="gx")
+
+
 def test_s3_layer(device):
     require(device, "s3_pool2d")
     x = np.random.default_rng(2).standard_normal((2, 2, 8, 8)).astype(np.float32)
