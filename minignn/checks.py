@@ -51,6 +51,17 @@ def check_grad_output(gy, shape, dtype=None, where: str = "", name: str = "gy"):
     return gy
 
 
+def check_nonnegative(x, where: str, why: str, name: str = "x"):
+    """One min-reduction over the array ``x`` (on its device): a negative value raises naming the
+    minimum and ``why`` the values must be >= 0 (NaN passes: it propagates through the op)."""
+    if x.size == 0:
+        return
+    lo = float(x.min())
+    if lo < 0:
+        raise ValueError(f"{where}: {name}: expected every value >= 0 ({why}; put a ReLU before it), got a"
+                         f" minimum of {lo!r}")
+
+
 def check_positive_int(v, name: str, where: str = "", minimum: int = 1) -> int:
     pre = f"{where}: " if where else ""
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:

@@ -51,7 +51,7 @@ import numbers
 import numpy as np
 
 from minignn import backend, cases, ops
-from minignn.checks import check_array, check_backward, check_grad_output, check_positive_int
+from minignn.checks import check_array, check_backward, check_grad_output, check_nonnegative, check_positive_int
 from minignn.module import Module, Parameter
 
 from .._window import Window
@@ -121,16 +121,6 @@ def _normalise_p(p, x, where):
     return xp.ascontiguousarray(p), "C"
 
 
-def _check_nonnegative(x, where):
-    """One min-reduction over x (on its device): a negative value raises naming the minimum."""
-    if x.size == 0:
-        return
-    lo = float(x.min())
-    if lo < 0:
-        raise ValueError(f"{where}: x: expected every value >= 0 (power-average pooling raises x to the power"
-                         f" p; put a ReLU before it), got a minimum of {lo!r}")
-
-
 def _forward_cpu(x, p, geometry, y_shape):
     y = np.empty(y_shape, dtype=x.dtype)
     _cpu.lppool2d_fwd_cpu(x, p, *geometry, y)
@@ -168,7 +158,7 @@ def lp_pool2d_forward(x, p, kernel_size=2, stride=None, padding=0):
     win = Window.of(kernel_size, stride, padding, where)
     y_shape = win.out_shape(x.shape, where)
     p_arr, form = _normalise_p(p, x, where)
-    _check_nonnegative(x, where)
+    check_nonnegative(x, where, "power-average pooling raises x to the power p")
     xp = backend.get_array_module(x)
     x = xp.ascontiguousarray(x)
     geometry = win.flat

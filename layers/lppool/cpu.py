@@ -48,7 +48,7 @@ import numpy as np
 from minignn._fastmath import div, exp, log
 from minignn._numba import njit, pjit, prange
 from minignn.layers._window import is_2x2, real_offsets
-from minignn.layers.pooling.cpu import _takes_over, _zero_plane, max4
+from minignn.layers.pooling.cpu import _zero_plane, max4, window_max
 
 _INF = np.inf
 
@@ -57,17 +57,6 @@ _INF = np.inf
 def _ordinary(m):
     """A window whose max is positive and finite: the only kind that needs the power mean."""
     return (m > 0.0) & (m < _INF)
-
-
-@njit(inline='always')
-def _window_max(x, n, c, h0, w0, i0, i1, j0, j1):
-    m = np.float64(x[n, c, h0 + i0, w0 + j0])
-    for di in range(i0, i1):
-        for dj in range(j0, j1):
-            v = np.float64(x[n, c, h0 + di, w0 + dj])
-            if _takes_over(v, m):
-                m = v
-    return m
 
 
 @njit(inline='always')
@@ -94,7 +83,7 @@ def _fwd_plane(x, p, n, c, kh, kw, sh, sw, ph, pw, y):
         for ow in range(y.shape[3]):
             w0 = ow * sw - pw
             j0, j1 = real_offsets(w0, kw, w_in)
-            m = _window_max(x, n, c, h0, w0, i0, i1, j0, j1)
+            m = window_max(x, n, c, h0, w0, i0, i1, j0, j1, kw)[0]
             v = m
             if _ordinary(m):
                 s = 0.0
@@ -157,7 +146,7 @@ def _bwd_plane(x, p, gy, n, c, kh, kw, sh, sw, ph, pw, gx):
             j0, j1 = real_offsets(w0, kw, w_in)
             cnt = (i1 - i0) * (j1 - j0)
             g = np.float64(gy[n, c, oh, ow])
-            m = _window_max(x, n, c, h0, w0, i0, i1, j0, j1)
+            m = window_max(x, n, c, h0, w0, i0, i1, j0, j1, kw)[0]
             if _ordinary(m):
                 sa = 0.0
                 sb = 0.0

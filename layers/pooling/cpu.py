@@ -25,6 +25,8 @@ The plane bodies index the 4-D arrays directly (``x[n, c, h, w]``): taking a 2-D
 """
 from __future__ import annotations
 
+import numpy as np
+
 from minignn._numba import njit, pjit, prange
 from minignn.layers._window import is_2x2, real_offsets, valid_range
 
@@ -35,6 +37,23 @@ def _takes_over(v, best):
     """Whether v replaces the running max ``best``: larger, or the first NaN (the rule of every
     max-like kernel: the first maximum stays, the first NaN wins and propagates)."""
     return (v > best) | ((v != v) & (best == best))
+
+
+@njit(inline='always')
+def window_max(x, n, c, h0, w0, i0, i1, j0, j1, kw):
+    """``(max, offset)`` over the real cells ``[i0, i1) x [j0, j1)`` of the window at (h0, w0) of
+    plane (n, c), read as float64, by :func:`_takes_over` (the first maximum stays, the first NaN
+    wins); offset ``di * kw + dj`` as max pooling's argmax. The general-window paths of the
+    max-like kernels (stochastic, lppool) share it."""
+    m = np.float64(x[n, c, h0 + i0, w0 + j0])
+    k = i0 * kw + j0
+    for di in range(i0, i1):
+        for dj in range(j0, j1):
+            v = np.float64(x[n, c, h0 + di, w0 + dj])
+            if _takes_over(v, m):
+                m = v
+                k = di * kw + dj
+    return m, k
 
 
 @njit(inline='always')

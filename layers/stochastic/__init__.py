@@ -53,7 +53,7 @@ from __future__ import annotations
 import numpy as np
 
 from minignn import backend, cases, ops
-from minignn.checks import check_array, check_backward, check_grad_output
+from minignn.checks import check_array, check_backward, check_grad_output, check_nonnegative
 from minignn.layers.pooling import (argmax_dtype, avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
                                     max_pool2d_forward)
 
@@ -81,15 +81,6 @@ class StochasticSaved:
     def __repr__(self):
         mode = "eval" if self.arg is None else "train"
         return f"StochasticSaved(x{tuple(self.x.shape)}, {mode}, geometry={self.geometry}, y{self.y_shape})"
-
-
-def _check_nonnegative(x, where):
-    if x.size == 0:
-        return
-    lo = float(x.min())
-    if lo < 0:
-        raise ValueError(f"{where}: x: expected every value >= 0 (stochastic pooling draws with probability"
-                         f" proportional to x; put a ReLU before it), got a minimum of {lo!r}")
 
 
 def _check_draws(u, x, y_shape, where):
@@ -151,7 +142,7 @@ def stochastic_pool2d_forward(x, u=None, kernel_size=2, stride=None, padding=0):
     y_shape = win.out_shape(x.shape, where)
     if u is not None:
         _check_draws(u, x, y_shape, where)
-    _check_nonnegative(x, where)
+    check_nonnegative(x, where, "stochastic pooling draws with probability proportional to x")
     x = backend.get_array_module(x).ascontiguousarray(x)
     y, arg = ops.kernels("stochastic_pool2d", x).forward(x, u, win.flat, y_shape)
     return y, StochasticSaved(x, arg, win.flat, y_shape)

@@ -29,7 +29,7 @@ import numpy as np
 
 from minignn._numba import njit, pjit, prange
 from minignn.layers._window import is_2x2, real_offsets
-from minignn.layers.pooling.cpu import _takes_over, _zero_plane, max4
+from minignn.layers.pooling.cpu import _zero_plane, max4, window_max
 
 _INF = np.inf
 _NAN = np.nan
@@ -38,20 +38,6 @@ _NAN = np.nan
 @njit(inline='always')
 def _ordinary(m):
     return (m > 0.0) & (m < _INF)
-
-
-@njit(inline='always')
-def _window_max(x, n, c, h0, w0, i0, i1, j0, j1, kw):
-    """(m, offset of the first maximum in the kh x kw window)."""
-    m = np.float64(x[n, c, h0 + i0, w0 + j0])
-    k = i0 * kw + j0
-    for di in range(i0, i1):
-        for dj in range(j0, j1):
-            v = np.float64(x[n, c, h0 + di, w0 + dj])
-            if _takes_over(v, m):
-                m = v
-                k = di * kw + dj
-    return m, k
 
 
 @njit(inline='always')
@@ -71,7 +57,7 @@ def _window_sums(x, n, c, h0, w0, i0, i1, j0, j1, m):
 @njit(inline='always')
 def _draw(x, n, c, h0, w0, i0, i1, j0, j1, kw, u):
     """The offset di*kw + dj of the drawn cell (see the module docstring)."""
-    m, kmax = _window_max(x, n, c, h0, w0, i0, i1, j0, j1, kw)
+    m, kmax = window_max(x, n, c, h0, w0, i0, i1, j0, j1, kw)
     if m == 0.0:
         cols = j1 - j0
         r = min(int(math.floor(u * ((i1 - i0) * cols))), (i1 - i0) * cols - 1)
@@ -165,7 +151,7 @@ def _eval_plane(x, n, c, kh, kw, sh, sw, ph, pw, y):
         for ow in range(y.shape[3]):
             w0 = ow * sw - pw
             j0, j1 = real_offsets(w0, kw, w_in)
-            m = _window_max(x, n, c, h0, w0, i0, i1, j0, j1, kw)[0]
+            m = window_max(x, n, c, h0, w0, i0, i1, j0, j1, kw)[0]
             v = m
             if _ordinary(m):
                 s, q = _window_sums(x, n, c, h0, w0, i0, i1, j0, j1, m)
@@ -217,7 +203,7 @@ def _eval_bwd_plane(x, gy, n, c, kh, kw, sh, sw, ph, pw, gx):
             w0 = ow * sw - pw
             j0, j1 = real_offsets(w0, kw, w_in)
             g = np.float64(gy[n, c, oh, ow])
-            m = _window_max(x, n, c, h0, w0, i0, i1, j0, j1, kw)[0]
+            m = window_max(x, n, c, h0, w0, i0, i1, j0, j1, kw)[0]
             # gx_q += g (2 u_q - Q/S) / S = ca u_q + cb
             ca = _NAN
             cb = _NAN
