@@ -79,8 +79,9 @@ def _pow2(k):
 def exp(v):
     """e^v in float64, a few ulp from math.exp; +inf above 709.78, 0 below -745.13, NaN for NaN."""
     v = np.float64(v)
-    clamped = min(max(v, -746.0), _EXP_MAX)  # keeps k in range (no overflow); NaN: sorted out at the end
-    c = clamped if clamped == clamped else 0.0
+    # below _EXP_MIN (-inf included) and NaN the result is selected at the end: compute at 0 there,
+    # so that no multiply underflows into subnormals (slow on x86) for the common exp(-inf) = 0
+    c = min(v, _EXP_MAX) if v >= _EXP_MIN else 0.0
     k = np.floor(c * _INV_LN2 + 0.5)
     r = (c - k * _LN2_HI) - k * _LN2_LO
     p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6 + r * (1.0 / 24 + r * (1.0 / 120 + r * (
