@@ -33,6 +33,7 @@ import numpy as np
 
 from minignn._fastmath import div, exp, log
 from minignn._numba import njit, pjit, prange
+from minignn.layers.pooling.cpu import gather_row_2x2, scatter_row_2x2
 
 #: eps in ``v = e^2 + eps``.
 DPP_EPS = 1e-3
@@ -199,19 +200,9 @@ def _bwd_plane_2x2(x, gamma, alpha, gy, asym, n, c, gx, sc):
     da = 0.0
     wo = gy.shape[3]
     for oh in range(gy.shape[2]):
-        h0 = 2 * oh
-        for ow in range(wo):
-            sc[0, ow] = x[n, c, h0, 2 * ow]
-            sc[1, ow] = x[n, c, h0, 2 * ow + 1]
-            sc[2, ow] = x[n, c, h0 + 1, 2 * ow]
-            sc[3, ow] = x[n, c, h0 + 1, 2 * ow + 1]
-            sc[4, ow] = gy[n, c, oh, ow]
+        gather_row_2x2(x, gy, n, c, oh, sc)
         _bwd_row_2x2(sc, wo, gm, al, asym)
-        for ow in range(wo):
-            gx[n, c, h0, 2 * ow] = sc[5, ow]
-            gx[n, c, h0, 2 * ow + 1] = sc[6, ow]
-            gx[n, c, h0 + 1, 2 * ow] = sc[7, ow]
-            gx[n, c, h0 + 1, 2 * ow + 1] = sc[8, ow]
+        scatter_row_2x2(gx, n, c, oh, wo, sc)
         for ow in range(wo):
             dg += sc[9, ow]
             da += sc[10, ow]

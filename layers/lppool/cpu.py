@@ -49,7 +49,7 @@ import numpy as np
 from minignn._fastmath import div, exp, log
 from minignn._numba import njit, pjit, prange
 from minignn.layers._window import is_2x2, real_offsets
-from minignn.layers.pooling.cpu import _zero_plane, max4, window_max
+from minignn.layers.pooling.cpu import _zero_plane, gather_row_2x2, max4, scatter_row_2x2, window_max
 
 _INF = np.inf
 
@@ -229,18 +229,9 @@ def _bwd_plane_2x2(x, p, gy, n, c, gx, sc):
     wo = gy.shape[3]
     for oh in range(gy.shape[2]):
         h0 = 2 * oh
-        for ow in range(wo):
-            sc[0, ow] = x[n, c, h0, 2 * ow]
-            sc[1, ow] = x[n, c, h0, 2 * ow + 1]
-            sc[2, ow] = x[n, c, h0 + 1, 2 * ow]
-            sc[3, ow] = x[n, c, h0 + 1, 2 * ow + 1]
-            sc[4, ow] = gy[n, c, oh, ow]
+        gather_row_2x2(x, gy, n, c, oh, sc)
         _bwd_row_2x2(sc, wo, pc, inv_p)
-        for ow in range(wo):
-            gx[n, c, h0, 2 * ow] = sc[5, ow]
-            gx[n, c, h0, 2 * ow + 1] = sc[6, ow]
-            gx[n, c, h0 + 1, 2 * ow] = sc[7, ow]
-            gx[n, c, h0 + 1, 2 * ow + 1] = sc[8, ow]
+        scatter_row_2x2(gx, n, c, oh, wo, sc)
         for ow in range(wo):
             dp += sc[9, ow]
         for h in range(h0, h0 + 2):          # odd W: the last column is in no window

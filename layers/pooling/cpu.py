@@ -40,6 +40,33 @@ def _takes_over(v, best):
 
 
 @njit(inline='always')
+def gather_row_2x2(x, gy, n, c, oh, sc):
+    """De-interleave output row ``oh`` of plane (n, c) for a 2x2 / stride-2 backward: its windows'
+    four cells into scratch rows 0..3 (top-left, top-right, bottom-left, bottom-right) and gy into
+    row 4, as float64, so that the row's windows can then be computed at unit stride (the loop
+    LLVM vectorises; lppool and dpp use it)."""
+    h0 = 2 * oh
+    for ow in range(gy.shape[3]):
+        sc[0, ow] = x[n, c, h0, 2 * ow]
+        sc[1, ow] = x[n, c, h0, 2 * ow + 1]
+        sc[2, ow] = x[n, c, h0 + 1, 2 * ow]
+        sc[3, ow] = x[n, c, h0 + 1, 2 * ow + 1]
+        sc[4, ow] = gy[n, c, oh, ow]
+
+
+@njit(inline='always')
+def scatter_row_2x2(gx, n, c, oh, wo, sc):
+    """The way back of :func:`gather_row_2x2`: scratch rows 5..8 (the four cells' gradients, in
+    the same order) written to the ``wo`` windows of output row ``oh`` in gx's plane (n, c)."""
+    h0 = 2 * oh
+    for ow in range(wo):
+        gx[n, c, h0, 2 * ow] = sc[5, ow]
+        gx[n, c, h0, 2 * ow + 1] = sc[6, ow]
+        gx[n, c, h0 + 1, 2 * ow] = sc[7, ow]
+        gx[n, c, h0 + 1, 2 * ow + 1] = sc[8, ow]
+
+
+@njit(inline='always')
 def window_max(x, n, c, h0, w0, i0, i1, j0, j1, kw):
     """``(max, offset)`` over the real cells ``[i0, i1) x [j0, j1)`` of the window at (h0, w0) of
     plane (n, c), read as float64, by :func:`_takes_over` (the first maximum stays, the first NaN
