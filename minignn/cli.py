@@ -1,5 +1,5 @@
-"""The ``minignn`` command (also ``python -m minignn``): ``train``, ``eval``, ``summary``,
-``predict``, ``pools`` and ``bench``.
+"""The ``minignn`` command (also ``python -m minignn``): ``train``, ``study``, ``eval``,
+``summary``, ``predict``, ``pools`` and ``bench``.
 
     minignn train                       # tiny net, GFGP pooling, CIFAR-10, 10 epochs
     minignn train --pool max --epochs 30 --out runs/tiny-max
@@ -11,6 +11,8 @@
     minignn train --pool max --print-config                             # the settings, as JSON
     minignn train --out runs/tiny-max --overwrite                       # replace that run
     minignn train --data-dir DIR --allow-partial-data                   # a CIFAR copy with fewer images
+    minignn train --pool gfgp --pool-at 2,3                             # GFGP at layers 2, 3; max at 1
+    minignn study table1a --seeds 3 --jobs 2                            # the paper's Table 1a, 3 seeds
     minignn eval runs/tiny-max/best.npz
     minignn predict runs/tiny-max cat.png dog.jpg --top 3               # classify image files
     minignn summary --model vgg11 --pool gfgp                           # layers, shapes, parameters, FLOPs
@@ -121,26 +123,37 @@ def _check_pool_opts(pool: str, options: dict) -> dict:
         raise UsageError(str(e)) from None
 
 
-def _train_parser(sub):
+def _add_settings(p, skip=()):
+    """The options that make a TrainConfig (model, data, optimisation; --device and
+    --checkpoint-every are added with the run group), less those named in ``skip`` (dests)."""
     from .train import TrainConfig
     d = TrainConfig()
-    p = sub.add_parser(
-        "train", help="train a model (default: the tiny net with GFGP pooling on CIFAR-10)",
-        description="Train a CNN from scratch. Results (metrics.jsonl, checkpoint.npz, best.npz, curves.png,"
-                    " summary.json, and per pooling diagnostic <name>.png and <name>.npz: lam.png, gate.png, ...)"
-                    " go to the run folder. Ctrl-C or SIGTERM saves a checkpoint (exit status 130 or 143); --resume continues exactly where it stopped. A loss that becomes inf or"
-                    " NaN stops the run (exit status 2), keeping the last good checkpoint.")
+
+    class _Group:
+        def __init__(self, g):
+            self.g = g
+
+        def add_argument(self, *flags, **kw):
+            if flags[0].lstrip("-").replace("-", "_") not in skip:
+                self.g.add_argument(*flags, **kw)
+
     # every option defaults to None here so that --resume can tell which ones were given;
     # the shown defaults are TrainConfig's
-    g = p.add_argument_group("model")
+    g = _Group(p.add_argument_group("model"))
     g.add_argument("--model", choices=tuple(MODELS), default=None, help=f"architecture (default {d.model})")
     g.add_argument("--pool", choices=tuple(POOLINGS), default=None,
                    help=f"every local pooling layer (default {d.pool}; 'minignn pools' describes them)")
     g.add_argument("--pool-opt", type=_kv, action="append", default=None, metavar="KEY=VALUE",
                    help=f"an option of the chosen pool, repeatable: {_pool_options_help()}; e.g. stat=max,"
                         f" hidden=0.25, activation=softplus ('minignn pools' lists the defaults)")
+    g.add_argument("--pool-at", type=_layer_list, default=None, metavar="I,J,...",
+                   help="put --pool at these local pooling layers only (1-based, in network order: tiny has 3,"
+                        " vgg11 5, resnet20 2) and --other-pool at the others (default: --pool everywhere)")
+    g.add_argument("--other-pool", choices=tuple(POOLINGS), default=None,
+                   help=f"the pooling at the layers --pool-at leaves out, with its default options"
+                        f" (default {d.other_pool})")
     g.add_argument("--width", type=_pos_float, default=None, help=f"channel-width multiplier, for quick tests (default {d.width})")
-    g = p.add_argument_group("data")
+    g = _Group(p.add_argument_group("data"))
     g.add_argument("--dataset", choices=DATASETS, default=None, help=f"(default {d.dataset}; 'synthetic' is generated,"
                    " no download)")
     g.add_argument("--data-dir", default=None, help="data root holding cifar-10-batches-py/ (default: $MINIGNN_DATA,"
@@ -152,7 +165,7 @@ def _train_parser(sub):
     g.add_argument("--allow-partial-data", action="store_true", default=None,
                    help="accept a CIFAR copy with fewer than the canonical 50000/10000 images (the loader's"
                         " check_counts=False)")
-    g = p.add_argument_group("optimisation")
+    g = _Group(p.add_argument_group("optimisation"))
     g.add_argument("--epochs", type=_pos_int, default=None, help=f"(default {d.epochs})")
     g.add_argument("--batch-size", type=_pos_int, default=None, help=f"(default {d.batch_size})")
     g.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=None,
@@ -171,6 +184,17 @@ def _train_parser(sub):
     g.add_argument("--weight-decay", type=_nonneg_float, default=None, help=f"(default {d.weight_decay})")
     g.add_argument("--label-smoothing", type=_fraction, default=None, help=f"in [0, 1) (default {d.label_smoothing})")
     g.add_argument("--seed", type=_nonneg_int, default=None, help=f"(default {d.seed})")
+    return d
+
+
+def _train_parser(sub):
+    p = sub.add_parser(
+        "train", help="train a model (default: the tiny net with GFGP pooling on CIFAR-10)",
+        description="Train a CNN from scratch. Results (metrics.jsonl, checkpoint.npz, best.npz, curves.png,"
+                    " summary.json, and per pooling diagnostic <name>.png and <name>.npz: lam.png, gate.png, ...)"
+                    " go to the run folder. Ctrl-C or SIGTERM saves a checkpoint (exit status 130 or 143); --resume continues exactly where it stopped. A loss that becomes inf or"
+                    " NaN stops the run (exit status 2), keeping the last good checkpoint.")
+    d = _add_settings(p)
     g = p.add_argument_group("run")
     g.add_argument("--device", choices=DEVICES, default=None, help=f"(default {d.device})")
     g.add_argument("--out", default=None, help="run folder (default runs/<model>-<pool>-<dataset>-<timestamp>); one"
@@ -206,10 +230,21 @@ _CONFIG_ARGS = {  # argparse dest -> (TrainConfig field, converter)
     "label_smoothing": ("label_smoothing", None), "seed": ("seed", None), "device": ("device", None),
     "checkpoint_every": ("checkpoint_every", None), "pool_opt": ("pool_kw", dict),
     "allow_partial_data": ("allow_partial_data", None), "optimizer": ("optimizer", None), "betas": ("betas", None),
-    "eps": ("eps", None),
+    "eps": ("eps", None), "pool_at": ("pool_at", None), "other_pool": ("other_pool", None),
 }
 _SGD_ONLY = ("momentum", "no_nesterov")
 _ADAM_ONLY = ("betas", "eps")
+
+
+def _layer_list(text: str):
+    """``I,J,...``: distinct pooling-layer numbers >= 1."""
+    try:
+        vals = [int(t) for t in text.split(",")]
+    except ValueError:
+        vals = []
+    if not vals or min(vals) < 1 or len(set(vals)) != len(vals):
+        raise argparse.ArgumentTypeError(f"expected distinct layer numbers >= 1 as I,J,..., got {text!r}")
+    return sorted(vals)
 
 
 def _betas(text: str):
@@ -276,7 +311,7 @@ def _config_from_args(args, given: dict):
     except (ValueError, TypeError) as e:
         raise UsageError(f"{source}{e}") from None
     record_data_root(config)  # --print-config shows, and config.json keeps, the folder used
-    if config.pool_kw:
+    if config.pool_kw or config.pool_at is not None:
         _check_pool_values(config)
     return config
 
@@ -288,8 +323,11 @@ def _check_pool_values(config):
     from .models import build_model
     state = init.get_rng_state()
     try:
-        build_model(config.model, pool=config.pool, num_classes=10, width=config.width, **config.pool_kw)
+        build_model(config.model, pool=config.pool, num_classes=10, width=config.width, pool_at=config.pool_at,
+                    other_pool=config.other_pool, **config.pool_kw)
     except (ValueError, TypeError) as e:
+        if str(e).startswith("pool_at"):
+            raise UsageError(f"--pool-at: {e}") from None
         given = " ".join(f"{k}={v!r}" for k, v in config.pool_kw.items())
         raise UsageError(f"--pool-opt {given}: {e}") from None
     finally:
@@ -326,6 +364,70 @@ def cmd_train(args) -> int:
     try:
         trainer.run()
     except KeyboardInterrupt as e:  # the checkpoint is saved (train.Interrupted carries the signal)
+        return _interrupt_status(e)
+    return 0
+
+
+_STUDY_SKIP = ("pool", "pool_opt", "pool_at", "other_pool", "seed")  # the study sets them per run
+
+
+def _study_parser(sub):
+    from .study import study_names
+    p = sub.add_parser(
+        "study", help="the GFGP paper's ablations: variants x seeds, with intervals (table1a, ..., table6, all)",
+        description="Train every variant of a study with several seeds, each an ordinary run folder under"
+                    " DIR/runs/, and write DIR/results.md, results.json and results.png: per variant the mean test"
+                    " accuracy, the per-seed values, a 95%% Student t interval and the difference to the study's"
+                    " baseline with its interval. Re-running the same command skips finished runs and resumes"
+                    " interrupted ones. Studies: table1a (lam: max, maxent, maxent-param, gfgp), table1b"
+                    " (gfgp, gfgp-local), table1c (rho: none, trained, predicted), table2a (statistics t), table2b"
+                    " (mapping), table2c (activation), table4 (depth), table6 (every pooling), all.")
+    p.add_argument("name", choices=study_names(), metavar="NAME", help=f"one of {', '.join(study_names())}")
+    g = p.add_argument_group("study")
+    g.add_argument("--seeds", type=_pos_int, default=3, metavar="N", help="seeds 0..N-1 for every variant (default 3)")
+    g.add_argument("--jobs", type=_pos_int, default=1, metavar="J",
+                   help="runs at a time on this machine, the cores split between them (default 1)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on an existing Dask distributed cluster (tcp://host:8786) instead of local jobs; its"
+                        " workers must see --out at the same path (pip install 'minignn[cluster]')")
+    g.add_argument("--out", default=None, metavar="DIR", help="the study folder (default studies/<NAME>-<model>)")
+    g.add_argument("--dry-run", action="store_true", help="list the runs and their states, and exit")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="start every run from the settings in FILE (a run's config.json); the flags given as well"
+                        " override them; the pooling and the seed are the study's")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--progress", action="store_true", help="a progress bar even when stderr is not a terminal")
+    g.add_argument("--no-plots", action="store_true", help="no results.png")
+    d = _add_settings(p, skip=_STUDY_SKIP)
+    g = p.add_argument_group("run")
+    g.add_argument("--device", choices=DEVICES, default=None, help=f"(default {d.device})")
+    g.add_argument("--checkpoint-every", type=_nonneg_int, default=None, metavar="STEPS",
+                   help=f"also checkpoint every STEPS steps within an epoch (default {d.checkpoint_every})")
+    p.set_defaults(func=cmd_study)
+    return p
+
+
+def cmd_study(args) -> int:
+    from . import study
+    given = {dest: getattr(args, dest) for dest in _CONFIG_ARGS
+             if dest not in _STUDY_SKIP and getattr(args, dest, None) is not None}
+    base = _config_from_args(args, given)
+    seeds = list(range(args.seeds))
+    if args.dry_run:
+        out = args.out or os.path.join("studies", f"{args.name}-{base.model}")
+        runs, configs = study._plan(study.get_studies(args.name, base.model), seeds, base)
+        for v, s in runs:
+            path = study.run_dir(out, v, s)
+            try:
+                state = study.run_state(path, configs[(v.run_id, s)])
+            except study.StudyError as e:
+                state = f"conflict: {e}"
+            print(f"{v.label:28s} seed {s}  {state:8s} {path}")
+        return 0
+    try:
+        study.run_study(args.name, base, seeds=seeds, out=args.out, jobs=args.jobs, scheduler=args.scheduler,
+                        progress=_progress_wanted(args), plots=not args.no_plots)
+    except KeyboardInterrupt as e:   # the runs saved their checkpoints; the results so far are written
         return _interrupt_status(e)
     return 0
 
@@ -456,6 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"minignn {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _train_parser(sub)
+    _study_parser(sub)
     _eval_parser(sub)
     from .summary import add_parser as _summary_parser
     _summary_parser(sub)

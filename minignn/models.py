@@ -89,7 +89,9 @@ def make_pool(pool: str, channels: int, **pool_kw) -> Module:
     has checked that ``pool`` is registered and ``pool_kw`` holds only that spec's options.
     """
     opts = validate_options(pool, pool_kw, where=_OPTION)
-    return POOLINGS[pool].build(channels, **opts)
+    layer = POOLINGS[pool].build(channels, **opts)
+    layer._pool_channels = int(channels)  # marks a local pooling slot (see local_pools)
+    return layer
 
 
 def _w(c: int, width: float) -> int:
@@ -229,10 +231,17 @@ def resnet20(pool: str = "max", num_classes: int = 10, width: float = 1.0, **poo
     return seq
 
 
-def build_model(name: str, pool: str = "max", num_classes: int = 10, width: float = 1.0, **pool_kw) -> Module:
+def build_model(name: str, pool: str = "max", num_classes: int = 10, width: float = 1.0, pool_at=None,
+                other_pool: str = "max", **pool_kw) -> Module:
     """Build a registered model (``tiny``, ``vgg11``, ``resnet20``) with every local pooling of
     kind ``pool`` (a name of :data:`minignn.layers.POOLINGS`, see the module docstring);
     ``pool_kw`` are that pooling's options (a ValueError names the valid ones).
+
+    ``pool_at`` (a sequence of 1-based pooling-layer numbers, in network order) puts ``pool`` at
+    those local poolings only and ``other_pool`` (default max pooling, with its default options)
+    at the others, as the GFGP paper's depth study (Table 4) does. The model is first built with
+    ``pool`` everywhere, then the other slots are replaced, so the weights of every other layer
+    are those of the all-``pool`` model of the same seed.
 
     Weights are drawn from ``minignn.init``'s generator: call ``minignn.init.manual_seed`` first
     for a reproducible model. Returns a Module in training mode (float32, on the CPU) whose
@@ -249,7 +258,49 @@ def build_model(name: str, pool: str = "max", num_classes: int = 10, width: floa
     # how to build it again (minignn.save stores it; minignn.load rebuilds from it)
     model.build_spec = {"model": name, "pool": pool, "num_classes": int(num_classes), "width": float(width),
                         "pool_kw": dict(pool_kw)}
+    if pool_at is not None:
+        at = check_pool_at(pool_at, len(local_pools(model)), name, pool)
+        if other_pool not in POOLINGS:
+            raise ValueError(f"other_pool: expected one of {tuple(POOLINGS)}, got {other_pool!r}")
+        for i, (slot, layer) in enumerate(local_pools(model), start=1):
+            if i not in at:
+                _set_module(model, slot, make_pool(other_pool, layer._pool_channels))
+        model.build_spec.update(pool_at=list(at), other_pool=other_pool)
     return model
+
+
+def check_pool_at(pool_at, count: int | None = None, model: str = "the model", pool: str = "") -> tuple[int, ...]:
+    """``pool_at`` as a sorted tuple of distinct layer numbers in 1..count (a ValueError naming it
+    otherwise); ``count=None`` checks only that they are integers >= 1."""
+    if isinstance(pool_at, (str, bytes)) or not hasattr(pool_at, "__iter__"):
+        raise ValueError(f"pool_at: expected a list of pooling-layer numbers (1-based), got {pool_at!r}")
+    vals = list(pool_at)
+    if not vals or any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v < 1 for v in vals):
+        raise ValueError(f"pool_at: expected a non-empty list of pooling-layer numbers >= 1, got {pool_at!r}")
+    if len(set(vals)) != len(vals):
+        raise ValueError(f"pool_at: expected distinct layer numbers, got {pool_at!r}")
+    if count is not None:
+        if count == 0:
+            raise ValueError(f"pool_at: {model} with pool={pool!r} has no local pooling layers to choose from")
+        if max(vals) > count:
+            raise ValueError(f"pool_at: expected layer numbers in 1..{count} ({model} has {count} local pooling"
+                             f" layers), got {pool_at!r}")
+    return tuple(sorted(int(v) for v in vals))
+
+
+def local_pools(model: Module) -> list[tuple[str, Module]]:
+    """(dotted name, module) of every local pooling slot of a model built by :func:`build_model`
+    (the layers :func:`make_pool` made), in network order; ``pool_at`` numbers them from 1."""
+    return [(n, m) for n, m in model.named_modules() if hasattr(m, "_pool_channels")]
+
+
+def _set_module(model: Module, dotted: str, new: Module):
+    *path, last = dotted.split(".")
+    parent = model
+    for part in path:
+        parent = parent._modules[part]
+    parent._modules[last] = new            # in place: a Sequential runs its children in this order
+    object.__setattr__(parent, last, new)
 
 
 def pooling_layers(model: Module) -> list[tuple[str, Module]]:

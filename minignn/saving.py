@@ -143,7 +143,8 @@ def _spec_of(state: dict, path: str) -> dict:
     if n is None:
         raise CheckpointError(f"load: {path!r}: the checkpoint does not say how many classes the model has")
     return {"model": config.get("model"), "pool": config.get("pool"), "num_classes": int(n),
-            "width": config.get("width", 1.0), "pool_kw": dict(config.get("pool_kw") or {})}
+            "width": config.get("width", 1.0), "pool_kw": dict(config.get("pool_kw") or {}),
+            "pool_at": config.get("pool_at"), "other_pool": config.get("other_pool", "max")}
 
 
 def load(path, device: str = "cpu") -> Module:
@@ -166,7 +167,8 @@ def load(path, device: str = "cpu") -> Module:
     spec = _spec_of(state, path)
     try:
         model = build_model(spec["model"], pool=spec["pool"], num_classes=int(spec["num_classes"]),
-                            width=float(spec.get("width", 1.0)), **dict(spec.get("pool_kw") or {}))
+                            width=float(spec.get("width", 1.0)), pool_at=spec.get("pool_at"),
+                            other_pool=spec.get("other_pool", "max"), **dict(spec.get("pool_kw") or {}))
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"load: {path!r}: cannot rebuild the model it describes ({e})") from e
     try:

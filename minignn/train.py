@@ -82,7 +82,7 @@ from .checkpoint import (CheckpointError, atomic_write, dumps_json, load_checkpo
                          save_checkpoint)
 from .layers.registry import POOLINGS, validate_options
 from .loss import SoftmaxCrossEntropy
-from .models import MODELS, build_model, count_parameters, diagnostic_layers, diagnostic_names
+from .models import MODELS, build_model, check_pool_at, count_parameters, diagnostic_layers, diagnostic_names
 from .checks import check_real
 from .optim import OPTIMIZERS, check_betas, make_optimizer
 from .runlock import RunFolderError, RunLock, check_unlocked
@@ -140,7 +140,9 @@ class TrainConfig:
     random crop + flip. ``lr=None`` is the optimizer's default (:data:`DEFAULT_LR`: 0.1 for SGD,
     1e-3 for Adam and AdamW), set by :meth:`validate`. ``momentum`` and ``nesterov`` apply to SGD,
     ``betas`` and ``eps`` to Adam and AdamW (see :mod:`minignn.optim`). ``data_dir`` is stored as
-    an absolute path (so a run's ``config.json`` works from any folder).
+    an absolute path (so a run's ``config.json`` works from any folder). ``pool_at`` (1-based
+    local pooling layers) puts ``pool`` at those layers only and ``other_pool`` at the rest (see
+    :func:`minignn.models.build_model`).
     """
 
     model: str = "tiny"
@@ -165,6 +167,8 @@ class TrainConfig:
     limit_test: int | None = None
     width: float = 1.0
     pool_kw: dict = field(default_factory=dict)
+    pool_at: list | None = None    # 1-based local pooling layers that get `pool` (None: all of them)
+    other_pool: str = "max"        # the pooling at the layers pool_at leaves out
     schedule_kw: dict = field(default_factory=dict)
     eval_batch_size: int | None = None
     drop_last: bool = False
@@ -184,6 +188,10 @@ class TrainConfig:
         if self.pool not in POOLINGS:
             raise ValueError(f"pool: expected one of {tuple(POOLINGS)}, got {self.pool!r}")
         validate_options(self.pool, self.pool_kw, where="pool_kw")  # the names; the layer checks the values
+        if self.other_pool not in POOLINGS:
+            raise ValueError(f"other_pool: expected one of {tuple(POOLINGS)}, got {self.other_pool!r}")
+        if self.pool_at is not None:
+            self.pool_at = list(check_pool_at(self.pool_at))  # the range is checked when the model is built
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
         pos_int("epochs", self.epochs)
@@ -427,7 +435,7 @@ def model_from_config(config: TrainConfig, num_classes: int):
     """Seed ``minignn.init`` with the config's seed and build its model (the same weights every time)."""
     init.manual_seed(config.seed)
     return build_model(config.model, pool=config.pool, num_classes=num_classes, width=config.width,
-                       **config.pool_kw)
+                       pool_at=config.pool_at, other_pool=config.other_pool, **config.pool_kw)
 
 
 # --- the trainer --------------------------------------------------------------------------------
@@ -858,7 +866,9 @@ class Trainer:
         c, ds = self.config, self.dataset
         where = (f"resuming at epoch {self.epoch + 1}, step {self.step_in_epoch}/{self.steps_per_epoch}"
                  if self.global_step else "starting")
-        return (f"minignn train: {c.model} (pool={c.pool}, {count_parameters(self.model):,} parameters) on {ds.name}"
+        pool = c.pool if c.pool_at is None else (f"{c.pool} at layer(s) {','.join(map(str, c.pool_at))},"
+                                                 f" {c.other_pool} elsewhere")
+        return (f"minignn train: {c.model} (pool={pool}, {count_parameters(self.model):,} parameters) on {ds.name}"
                 f" ({len(ds.y_train)} train / {len(ds.y_test)} test images), {c.epochs} epochs x"
                 f" {self.steps_per_epoch} steps of {c.batch_size}, {c.schedule} lr {c.lr}, device {c.device};"
                 f" {where}\nrun folder: {self.out}")

@@ -102,6 +102,11 @@ def fast(argv: list[str], i: int) -> list[str]:
         out += FAST_TRAIN
         if "--out" not in out:
             out += ["--out", f"runs/cmd{i}"]
+    if sub == "study":
+        if "--scheduler" in out:   # no cluster here: the plan only (test_study.py runs one on a LocalCluster)
+            j = out.index("--scheduler")
+            out = out[:j] + out[j + 2:] + ["--dry-run"]
+        out += ["--allow-partial-data", "--seeds", "1", "--limit-train", "48", "--limit-test", "32", *FAST_TRAIN]
     if sub == "bench" and "--help" not in out:
         out += ["--tiny"]
     return out
