@@ -1,5 +1,5 @@
-"""The ``minignn`` command (also ``python -m minignn``): ``train``, ``study``, ``eval``,
-``summary``, ``predict``, ``pools`` and ``bench``.
+"""The ``minignn`` command (also ``python -m minignn``): ``train``, ``study``, ``analyze``,
+``eval``, ``summary``, ``predict``, ``pools`` and ``bench``.
 
     minignn train                       # tiny net, GFGP pooling, CIFAR-10, 10 epochs
     minignn train --pool max --epochs 30 --out runs/tiny-max
@@ -13,6 +13,7 @@
     minignn train --data-dir DIR --allow-partial-data                   # a CIFAR copy with fewer images
     minignn train --pool gfgp --pool-at 2,3                             # GFGP at layers 2, 3; max at 1
     minignn study table1a --seeds 3 --jobs 2                            # the paper's Table 1a, 3 seeds
+    minignn analyze runs/tiny-gfgp                                      # lam per image: Fig. 2-3, Table 5
     minignn eval runs/tiny-max/best.npz
     minignn predict runs/tiny-max cat.png dog.jpg --top 3               # classify image files
     minignn summary --model vgg11 --pool gfgp                           # layers, shapes, parameters, FLOPs
@@ -50,13 +51,13 @@ import sys
 
 from .backend import DEVICES
 from .checks import OneLineParser, int_at_least
+from .data import DATASETS
 from .layers.registry import POOLINGS, format_options, validate_options
 from .models import MODELS
 from .optim import OPTIMIZERS
 from .schedule import SCHEDULES
 from .train import DEFAULT_LR
 
-DATASETS = ("cifar10", "cifar100", "synthetic")
 
 
 _Parser = OneLineParser
@@ -432,6 +433,46 @@ def cmd_study(args) -> int:
     return 0
 
 
+def _analyze_parser(sub):
+    p = sub.add_parser(
+        "analyze", help="the GFGP paper's analysis of lam (Fig. 2-3, Table 5) for a trained run",
+        description="For every image of a split (eval mode) and every pooling layer whose parameter varies per"
+                    " image (lam of gfgp and gfgp-local; a, gate, gamma, alpha, eta, logit of the zoo's adaptive"
+                    " poolings), a 3-bin histogram of the layer's values, a point on the 2-simplex. Writes"
+                    " analysis.json, analysis.md (the Fisher discriminant score per layer and the first canonical"
+                    " correlation between layers, beside the paper's Table 5), histograms.npz, and the plots"
+                    " fig2-<name>.png (simplex scatter per layer) and fig3-<name>.png (two images of one class).")
+    p.add_argument("run", metavar="RUN_DIR", help="a training run's folder (its best.npz, else checkpoint.npz) or"
+                   " one of those files")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="(default test: 10,000 CIFAR images)")
+    p.add_argument("--out", default=None, metavar="DIR", help="where the files go (default RUN_DIR/analysis)")
+    p.add_argument("--limit", type=_pos_int, default=None, metavar="N",
+                   help="a fixed random subset of N images of the split (default all)")
+    p.add_argument("--batch-size", type=_pos_int, default=250)
+    p.add_argument("--data-dir", default=None, help="the data root (default: the run's)")
+    p.add_argument("--device", choices=DEVICES, default="cpu")
+    p.add_argument("--no-plots", action="store_true", help="no PNGs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_analyze)
+    return p
+
+
+def cmd_analyze(args) -> int:
+    from .analyze import analyze
+    doc = analyze(args.run, split=args.split, out=args.out, limit=args.limit, batch_size=args.batch_size,
+                  device=args.device, data_dir=args.data_dir, progress=not args.no_progress and sys.stderr.isatty(),
+                  plots=not args.no_plots)
+    for d, e in doc["diagnostics"].items():
+        names = [la["name"] for la in e["layers"]]
+        print(f"{d}: Fisher score per layer: " + ", ".join(
+            f"{n} {'-' if la['fisher'] is None else format(la['fisher'], '.4f')}" for n, la in zip(names, e["layers"])))
+        pairs = [f"{names[i]}-{names[j]} {'-' if e['cca'][i][j] is None else format(e['cca'][i][j], '.4f')}"
+                 for i in range(len(names)) for j in range(i + 1, len(names))]
+        if pairs:
+            print(f"{d}: first canonical correlation: " + ", ".join(pairs))
+    return 0
+
+
 def _eval_parser(sub):
     p = sub.add_parser("eval", help="evaluate a checkpoint on the test set",
                        description="Evaluate a saved model (checkpoint.npz or best.npz of a run) on its dataset's"
@@ -559,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _train_parser(sub)
     _study_parser(sub)
+    _analyze_parser(sub)
     _eval_parser(sub)
     from .summary import add_parser as _summary_parser
     _summary_parser(sub)

@@ -107,3 +107,19 @@ def write_cifar10(root, sizes=(7, 5, 6, 4, 3), n_test=9, seed=0):
     names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
     pickle_dump(folder / "batches.meta", {b"num_cases_per_batch": 10000, b"label_names": names, b"num_vis": 3072})
     return np.concatenate(xs), np.array(ys), xt, np.array(yt)
+
+
+def write_cifar100(root, n_train=11, n_test=6, seed=1):
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / cifar.SPECS["cifar100"].folder
+    folder.mkdir(parents=True)
+    out = []
+    for fname, n in (("train", n_train), ("test", n_test)):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        fine = [int(v) for v in rng.integers(0, 100, n)]
+        pickle_dump(folder / fname, {b"filenames": [b"x.png"] * n, b"batch_label": fname.encode(),
+                                     b"fine_labels": fine, b"coarse_labels": [v // 5 for v in fine], b"data": data})
+        out += [data, np.array(fine)]
+    pickle_dump(folder / "meta", {b"fine_label_names": [f"c{i}".encode() for i in range(100)],
+                                  b"coarse_label_names": [f"s{i}".encode() for i in range(20)]})
+    return out

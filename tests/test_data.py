@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
-from helpers import pickle_dump, write_cifar10
+from helpers import pickle_dump, write_cifar10, write_cifar100
 
 from minignn.data import (BatchLoader, ChecksumError, CorruptDataError, Dataset, DatasetNotFoundError, channel_stats,
                           crop_flip, load_dataset, normalize, resolve_data_root, synthetic_dataset)
@@ -26,22 +26,6 @@ SPEC100 = cifar.SPECS["cifar100"]
 # ----------------------------------------------------------------------------------------------
 # canonical-format fixtures written by the tests (write_cifar10 and pickle_dump: helpers.py)
 # ----------------------------------------------------------------------------------------------
-def write_cifar100(root, n_train=11, n_test=6, seed=1):
-    rng = np.random.default_rng(seed)
-    folder = Path(root) / SPEC100.folder
-    folder.mkdir(parents=True)
-    out = []
-    for fname, n in (("train", n_train), ("test", n_test)):
-        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        fine = [int(v) for v in rng.integers(0, 100, n)]
-        pickle_dump(folder / fname, {b"filenames": [b"x.png"] * n, b"batch_label": fname.encode(),
-                                     b"fine_labels": fine, b"coarse_labels": [v // 5 for v in fine], b"data": data})
-        out += [data, np.array(fine)]
-    pickle_dump(folder / "meta", {b"fine_label_names": [f"c{i}".encode() for i in range(100)],
-                                  b"coarse_label_names": [f"s{i}".encode() for i in range(20)]})
-    return out
-
-
 def make_archive(src_root, folder, out_path):
     with tarfile.open(out_path, "w:gz") as tar:
         tar.add(Path(src_root) / folder, arcname=folder)
@@ -110,6 +94,28 @@ def test_cifar100_small_files_use_fine_labels(tmp_path, no_network):
     np.testing.assert_array_equal(ds.x_train.reshape(11, -1), xtr)
     np.testing.assert_array_equal(ds.y_train, ytr)
     np.testing.assert_array_equal(ds.y_test, yte)
+
+
+def test_cifar100_coarse_labels_are_the_20_superclasses_of_the_same_files(tmp_path, no_network):
+    xtr, ytr, xte, yte = write_cifar100(tmp_path)
+    for name in ("cifar100-coarse", "CIFAR-100-coarse", "cifar100_coarse"):
+        ds = load_dataset(name, data_dir=tmp_path, check_counts=False)
+        assert ds.name == "cifar100-coarse" and ds.num_classes == 20 and ds.classes[:2] == ("s0", "s1")
+        np.testing.assert_array_equal(ds.x_train.reshape(11, -1), xtr)
+        np.testing.assert_array_equal(ds.y_train, ytr // 5)      # the files' coarse labels
+        np.testing.assert_array_equal(ds.y_test, yte // 5)
+
+
+def test_a_run_trains_on_cifar100_files(tmp_path, no_network):
+    from minignn.train import TrainConfig, train
+    write_cifar100(tmp_path / "data", n_train=40, n_test=20)
+    for name, classes in (("cifar100", 100), ("cifar100-coarse", 20)):
+        s = train(TrainConfig(dataset=name, data_dir=str(tmp_path / "data"), allow_partial_data=True, epochs=1,
+                              batch_size=16, width=0.25, pool="gfgp"), out=str(tmp_path / name), progress=False,
+                  plots=False, log=lambda m: None)
+        assert 0 <= s["final_test_acc"] <= 1
+        import minignn
+        assert len(minignn.load(str(tmp_path / name)).classes) == classes
 
 
 def test_old_numpy_core_pickles_load(tmp_path, no_network):
@@ -285,7 +291,7 @@ def test_no_download_error_names_the_source(tmp_path, monkeypatch, no_network):
 
 
 def test_load_dataset_bad_arguments():
-    with pytest.raises(ValueError, match=r"expected one of \('cifar10', 'cifar100', 'synthetic'\), got 'mnist'"):
+    with pytest.raises(ValueError, match=r"expected one of \('cifar10', 'cifar100', 'cifar100-coarse', 'synthetic'\), got 'mnist'"):
         load_dataset("mnist")
     with pytest.raises(TypeError, match="apply to 'synthetic' only"):
         load_dataset("cifar10", n_train=5)

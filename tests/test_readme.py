@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_cifar10
+from helpers import write_cifar10, write_cifar100
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -62,6 +62,7 @@ def world(tmp_path_factory):
     from PIL import Image
     cwd = tmp_path_factory.mktemp("readme")
     _, _, xt, _ = write_cifar10(cwd / "data")
+    write_cifar100(cwd / "data", n_train=40, n_test=20)
     for i, name in enumerate(("cat.png", "dog.jpg")):
         Image.fromarray(np.ascontiguousarray(xt[i].reshape(3, 32, 32).transpose(1, 2, 0))).save(cwd / name)
     r = _run(["minignn", "train", "--data-dir", "data", "--allow-partial-data", "--out", "runs/first", *FAST_TRAIN],

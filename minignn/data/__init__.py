@@ -27,7 +27,8 @@ from .cifar import (ENV_VAR, SPECS, ChecksumError, CorruptDataError, DatasetNotF
 from .loader import BatchLoader, Dataset, Split, augment_params, channel_stats, crop_flip, normalize
 from .synthetic import synthetic_dataset
 
-DATASETS = ("cifar10", "cifar100", "synthetic")
+DATASETS = ("cifar10", "cifar100", "cifar100-coarse", "synthetic")
+_BY_KEY = {d.replace("-", ""): d for d in DATASETS}  # "CIFAR-100-coarse", "cifar100_coarse": the same
 
 __all__ = ["DATASETS", "load_dataset", "Dataset", "Split", "BatchLoader", "synthetic_dataset", "load_cifar",
            "resolve_data_root", "channel_stats", "augment_params", "crop_flip", "normalize",
@@ -40,8 +41,9 @@ def load_dataset(name: str, data_dir=None, download: bool = True, *, check_count
 
     Parameters
     ----------
-    name : {"cifar10", "cifar100", "synthetic"}
-        ``"cifar-10"`` / ``"CIFAR10"`` spellings are accepted.
+    name : {"cifar10", "cifar100", "cifar100-coarse", "synthetic"}
+        ``"cifar-10"`` / ``"CIFAR10"`` spellings are accepted. ``cifar100`` has the 100 fine labels,
+        ``cifar100-coarse`` the 20 superclasses of the same images.
     data_dir : path, optional
         CIFAR data root (else ``$MINIGNN_DATA``, else the per-user cache). Ignored for synthetic.
     download : bool
@@ -59,8 +61,8 @@ def load_dataset(name: str, data_dir=None, download: bool = True, *, check_count
     -------
     Dataset
     """
-    key = str(name).lower().replace("-", "").replace("_", "")
-    if key not in DATASETS:
+    key = _BY_KEY.get(str(name).lower().replace("-", "").replace("_", ""))
+    if key is None:
         raise ValueError(f"load_dataset: name: expected one of {DATASETS}, got {name!r}")
     if key == "synthetic":
         return synthetic_dataset(**synthetic_options)

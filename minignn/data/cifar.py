@@ -26,6 +26,7 @@ problem raises :class:`CorruptDataError` naming the file and what is wrong.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -99,6 +100,10 @@ SPECS = {
         train_files=("train",), test_files=("test",),
         meta_file="meta", label_key=b"fine_labels", names_key=b"fine_label_names", num_classes=100),
 }
+# CIFAR-100 with its 20 superclasses ("coarse" labels): the same archive and files, other labels
+SPECS["cifar100-coarse"] = dataclasses.replace(SPECS["cifar100"], name="cifar100-coarse",
+                                               title="CIFAR-100 (coarse labels)", label_key=b"coarse_labels",
+                                               names_key=b"coarse_label_names", num_classes=20)
 
 
 def _spec(name: str) -> CifarSpec:
@@ -401,11 +406,12 @@ def _read_split(folder: Path, files, spec: CifarSpec):
 
 def load_cifar(name: str, data_dir=None, download: bool = True, check_counts: bool = True,
                progress: bool = True) -> Dataset:
-    """Load CIFAR-10 (``"cifar10"``) or CIFAR-100 (``"cifar100"``, fine labels).
+    """Load CIFAR-10 (``"cifar10"``) or CIFAR-100 (``"cifar100"``: the 100 fine labels;
+    ``"cifar100-coarse"``: the 20 superclasses, from the same files).
 
     Parameters
     ----------
-    name : {"cifar10", "cifar100"}
+    name : {"cifar10", "cifar100", "cifar100-coarse"}
     data_dir : path, optional
         The data root (see the module docstring for the lookup order).
     download : bool
