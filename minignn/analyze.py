@@ -299,7 +299,9 @@ def markdown(doc: dict) -> str:
              f" (eval mode), accuracy {100 * doc['accuracy']:.2f}%",
              f"- histograms of {doc['bins']} equal bins per image and layer, over the range below", "",
              "The paper's values are VGG-13's five pooling layers on ImageNet (10,000 images); ours are this"
-             " network's layers on its data, compared layer by layer in network order.", ""]
+             " network's layers on its data, compared layer by layer in network order. A '-' of ours: the"
+             " layer's histograms do not vary (every image has the same one, e.g. all values in one bin), so the"
+             " score or correlation is undefined.", ""]
     for d, e in doc["diagnostics"].items():
         names = [la["name"] for la in e["layers"]]
         lines += [f"## {d}", "", "| layer | range | mean histogram | Fisher score (Table 5a) | paper |",

@@ -190,8 +190,10 @@ def _read_json(path: str):
 
 
 def _config_difference(want: dict, have: dict) -> list[str]:
+    from .train import TrainConfig
     keys = sorted((set(want) | set(have)) - set(_HOW_IT_RAN))
-    defaults = {"pool_at": None, "other_pool": "max"}  # a config.json from before these settings
+    # a config.json written before a setting existed ran with that setting's default
+    defaults = json.loads(dumps_json(TrainConfig().to_dict()))
     return [f"{k}: {have.get(k, defaults.get(k))!r} there, {want.get(k)!r} in this study" for k in keys
             if have.get(k, defaults.get(k)) != want.get(k)]
 
@@ -259,9 +261,14 @@ def run_one(config: dict, path: str, config_file: str, threads: int | None = Non
     machine or on a Dask worker (``threads=None`` there: see :func:`_worker_threads`)."""
     if threads is None:
         threads = _worker_threads()
+    from .runlock import RunFolderLocked, check_unlocked
     state = run_state(path, config)
     if state == "done":
         return {"path": path, "returncode": 0, "wall_s": 0.0}
+    try:
+        check_unlocked(path)   # another worker (a second study on the same folder) trains it now
+    except RunFolderLocked as e:
+        return {"path": path, "returncode": None, "wall_s": 0.0, "locked": str(e)}
     os.makedirs(path, exist_ok=True)
     cmd = [sys.executable, "-m", "minignn", "train", "--no-progress"]
     if state == "partial":
@@ -486,7 +493,9 @@ def run_study(name: str, base_config=None, seeds: Sequence[int] = (0, 1, 2), out
     ``studies/<name>-<model>``); ``jobs`` the local worker processes; ``scheduler`` a Dask
     scheduler's address (then ``jobs`` is ignored). Raises KeyboardInterrupt after Ctrl-C / SIGTERM
     (the runs stopped with checkpoints, the results so far written) and StudyError when a run
-    failed (the others run to the end first) or a run folder holds other settings."""
+    failed (the others run to the end first) or a run folder holds other settings. A run that
+    another live process holds (its folder's lock: a second study on the same folder) is skipped
+    with a message, and the results say incomplete."""
     from .train import TrainConfig, record_data_root
     base_config = (base_config or TrainConfig())
     base_config = dataclasses.replace(base_config)
@@ -516,11 +525,15 @@ def run_study(name: str, base_config=None, seeds: Sequence[int] = (0, 1, 2), out
     log(f"minignn study {name}: {len(runs)} runs ({len(runs) // len(seeds)} variants x {len(seeds)} seeds) in {out};"
         f" {ndone} finished, {nresume} to resume, {len(todo) - nresume} to start; on {where}")
     t0 = time.perf_counter()
-    failed, interrupted = [], None
-    from .train import _progress
-    bar = _progress(len(runs), f"study {name}", progress, unit="run")
+    failed, busy, interrupted = [], [], None
+    if progress:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    # initial=: the ETA comes from the runs this invocation finishes, not from those found finished
+    bar = tqdm(total=len(runs), initial=ndone, desc=f"study {name}", unit="run", disable=not progress,
+               leave=False, dynamic_ncols=True, smoothing=0.3)
     with bar:
-        bar.update(ndone)
         finished = ndone
 
         def on_result(v, s, res):
@@ -534,6 +547,9 @@ def run_study(name: str, base_config=None, seeds: Sequence[int] = (0, 1, 2), out
                 bar.write(f"run {finished}/{len(runs)} finished: {v.label}, seed {s}: {acc}"
                           f" ({_fmt_time(res['wall_s'])}) -> {path}")
                 bar.update(1)
+            elif rc is None:
+                busy.append((v, s))
+                bar.write(f"run skipped: {v.label}, seed {s}: {res['locked']}; run the study again once it is done")
             elif rc in (130, 143, -signal.SIGINT, -signal.SIGTERM):
                 bar.write(f"run stopped: {v.label}, seed {s} (checkpoint saved; the next study run resumes it)")
             else:
@@ -548,7 +564,8 @@ def run_study(name: str, base_config=None, seeds: Sequence[int] = (0, 1, 2), out
         except KeyboardInterrupt as e:
             interrupted = e
     doc = _write_results(name, studies, seeds, out, configs, base_config, time.perf_counter() - t0, plots)
-    log(f"results: {os.path.join(out, RESULTS_MD)}, {RESULTS_JSON}" + (f", {RESULTS_PNG}" if plots else ""))
+    log(f"results: {os.path.join(out, RESULTS_MD)}, {RESULTS_JSON}" + (f", {RESULTS_PNG}" if plots else "")
+        + ("" if doc["complete"] else f" (incomplete: {doc['header']['runs_done']} of {len(runs)} runs finished)"))
     if interrupted is not None:
         raise interrupted
     if failed:
@@ -561,6 +578,17 @@ class _Stop(KeyboardInterrupt):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+def _result(future, path: str) -> dict:
+    """A run's result; an exception in launching it (a folder that cannot be made, a worker lost)
+    is that run's failure, not the study's."""
+    try:
+        return future.result()
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - reported as the run's failure, with its message
+        return {"path": path, "returncode": f"error ({type(e).__name__}: {e})", "wall_s": 0.0}
 
 
 def _run_local(todo, configs, out, jobs, on_result):
@@ -591,13 +619,13 @@ def _run_local(todo, configs, out, jobs, on_result):
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for f in done:
                 v, s = pending.pop(f)
-                on_result(v, s, f.result())
+                on_result(v, s, _result(f, run_dir(out, v, s)))
     except KeyboardInterrupt as e:
         stopping.set()
         _stop_live(getattr(e, "signum", signal.SIGINT))
         for f, (v, s) in list(pending.items()):   # the stopped runs save their checkpoints and exit
             try:
-                on_result(v, s, f.result())
+                on_result(v, s, _result(f, run_dir(out, v, s)))
             except KeyboardInterrupt:
                 pass
         raise
@@ -623,7 +651,7 @@ def _run_dask(todo, configs, out, scheduler, on_result):
         try:
             for f in as_completed(list(futures)):
                 v, s = futures[f]
-                on_result(v, s, f.result())
+                on_result(v, s, _result(f, run_dir(out, v, s)))
         except KeyboardInterrupt:
             client.cancel(list(futures))
             raise

@@ -199,3 +199,35 @@ def test_a_study_on_a_dask_local_cluster_gives_the_same_numbers(uninterrupted, t
         doc = study.run_study("table1b", SMALL_CONFIG, seeds=[0, 1], out=str(tmp_path / "c"),
                               scheduler=cl.scheduler_address, log=lambda s: None)
     assert doc["complete"] and doc["tables"] == _tables(uninterrupted[0])
+
+
+def test_a_run_another_worker_holds_is_skipped_not_trained_twice(tmp_path):
+    from minignn.runlock import RunLock
+    out = str(tmp_path / "d")
+    (st,) = study.get_studies("table1b")
+    held = study.run_dir(out, st.variants[0], 0)
+    os.makedirs(held)
+    lock = RunLock(held).acquire()           # as a second study's worker training this run would
+    try:
+        lines = []
+        doc = study.run_study("table1b", SMALL_CONFIG, seeds=[0], out=out, log=lines.append)
+    finally:
+        lock.release()
+    assert not doc["complete"] and doc["header"]["runs_done"] == 1
+    assert not os.path.exists(os.path.join(held, "config.json"))     # nothing was written into it
+    assert [r["test_acc"] is None for v in doc["tables"][0]["variants"] for r in v["runs"]] == [True, False]
+    assert "incomplete: 1 of 2 runs finished" in lines[-1]
+
+
+def test_a_run_that_cannot_start_fails_alone_and_the_study_goes_on(tmp_path, monkeypatch):
+    calls = []
+
+    def broken(config, path, config_file, threads=None):
+        calls.append(path)
+        raise OSError(f"[Errno 28] No space left on device: {path!r}")
+
+    monkeypatch.setattr(study, "run_one", broken)
+    with pytest.raises(study.StudyError, match=r"2 run\(s\) failed: .*exit status error \(OSError: \[Errno 28\]"):
+        study.run_study("table1b", SMALL_CONFIG, seeds=[0], out=str(tmp_path), log=lambda s: None)
+    assert len(calls) == 2                                    # the second run was still tried
+    assert json.load(open(tmp_path / "results.json"))["complete"] is False   # and the results written
