@@ -440,7 +440,7 @@ def plot_results(doc: dict, path: str) -> str:
     ncols = min(3, len(tables))
     nrows = math.ceil(len(tables) / ncols)
     widest = max(len(t["variants"]) for t in tables)
-    fig, axes = _figure(ncols, nrows, panel=(max(4.0, 0.75 * widest + 1.5), 3.6))
+    fig, axes = _figure(ncols, nrows, panel=(max(5.0, 0.75 * widest + 1.5), 3.6))
     for ax in axes.ravel()[len(tables):]:
         ax.set_axis_off()
     for ax, t in zip(axes.ravel(), tables):
@@ -464,7 +464,7 @@ def plot_results(doc: dict, path: str) -> str:
         ax.grid(axis="y", alpha=0.3)
     h = doc["header"]
     fig.suptitle(f"{h['model']}, {h['dataset']}, {h['epochs']} epochs, seeds {','.join(map(str, h['seeds']))}:"
-                 f"\ngrey: one seed; diamond: the mean and its 95% interval (red: the baseline)", fontsize=9)
+                 f"\ngrey: one seed each; diamond: mean, 95% interval; red: baseline", fontsize=9)
     return _save(fig, path)
 
 

@@ -14,9 +14,9 @@ from minignn import study
 from minignn.layers.registry import POOLINGS
 from minignn.train import TrainConfig
 
-SMALL = ["--dataset", "synthetic", "--limit-train", "384", "--limit-test", "128", "--epochs", "3",
+SMALL = ["--dataset", "synthetic", "--limit-train", "256", "--limit-test", "128", "--epochs", "2",
          "--width", "0.25", "--no-augment"]
-SMALL_CONFIG = TrainConfig(dataset="synthetic", limit_train=384, limit_test=128, epochs=3, width=0.25, augment=False)
+SMALL_CONFIG = TrainConfig(dataset="synthetic", limit_train=256, limit_test=128, epochs=2, width=0.25, augment=False)
 
 
 def _labels(name, model="tiny"):
@@ -124,7 +124,7 @@ def test_a_run_folder_with_other_settings_is_refused(tmp_path):
     v, s = runs[0]
     other = dict(configs[(v.run_id, s)], epochs=7)
     _fake_run(out, v, s, other, [0.5] * 7)
-    with pytest.raises(study.StudyError, match=r"holds a run with other settings \(epochs: 7 there, 3 in this study\)"):
+    with pytest.raises(study.StudyError, match=r"holds a run with other settings \(epochs: 7 there, 2 in this study\)"):
         study.run_study("table1b", SMALL_CONFIG, seeds=[0], out=out)
 
 
@@ -155,7 +155,7 @@ def test_a_study_runs_end_to_end_on_two_jobs(uninterrupted):
         assert v["n"] == 2 and all(0 <= run["test_acc"] <= 100 for run in v["runs"])
         for run in v["runs"]:   # each run is an ordinary run folder, with the study's settings
             cfg = json.load(open(os.path.join(out, run["run"], "config.json")))
-            assert cfg["pool"] == v["pool"] and cfg["epochs"] == 3 and cfg["seed"] == run["seed"]
+            assert cfg["pool"] == v["pool"] and cfg["epochs"] == 2 and cfg["seed"] == run["seed"]
     md = open(os.path.join(out, "results.md")).read()
     assert "minignn study table1b" in md and "seeds: 0, 1" in md and "commit:" in md
     assert os.path.getsize(os.path.join(out, "results.png")) > 1000
