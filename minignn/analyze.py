@@ -144,24 +144,20 @@ class _Collector:
         self.skipped: dict = {}
 
     def record(self, n: int):
-        from . import backend
-        for lname, m, diags in self.layers:
-            for d in diags:
-                value = getattr(m, f"last_{d}", None)
-                if value is None:
-                    continue
-                v = np.asarray(backend.to_numpy(value), np.float32)
-                if v.ndim < 2 or v.shape[0] != n:
-                    self.skipped[(d, lname)] = f"{d} has shape {tuple(v.shape)}: one value set for every image"
-                    continue
-                v = v.reshape(n, -1)
-                key = (d, lname)
-                rng = _value_range(m, d)
-                if rng is not None:
-                    self.ranges[key] = rng
-                    self.hist.setdefault(key, []).append(simplex_histograms(v, *rng))
-                else:
-                    self.raw.setdefault(key, []).append(v)
+        from .models import diagnostic_values
+        for lname, m, d, value in diagnostic_values(self.layers):
+            v = np.asarray(value, np.float32)
+            if v.ndim < 2 or v.shape[0] != n:
+                self.skipped[(d, lname)] = f"{d} has shape {tuple(v.shape)}: one value set for every image"
+                continue
+            v = v.reshape(n, -1)
+            key = (d, lname)
+            rng = _value_range(m, d)
+            if rng is not None:
+                self.ranges[key] = rng
+                self.hist.setdefault(key, []).append(simplex_histograms(v, *rng))
+            else:
+                self.raw.setdefault(key, []).append(v)
 
     def histograms(self) -> dict:
         out = {k: np.concatenate(v) for k, v in self.hist.items()}

@@ -259,10 +259,11 @@ def build_model(name: str, pool: str = "max", num_classes: int = 10, width: floa
     model.build_spec = {"model": name, "pool": pool, "num_classes": int(num_classes), "width": float(width),
                         "pool_kw": dict(pool_kw)}
     if pool_at is not None:
-        at = check_pool_at(pool_at, len(local_pools(model)), name, pool)
+        slots = local_pools(model)
+        at = check_pool_at(pool_at, len(slots), name, pool)
         if other_pool not in POOLINGS:
             raise ValueError(f"other_pool: expected one of {tuple(POOLINGS)}, got {other_pool!r}")
-        for i, (slot, layer) in enumerate(local_pools(model), start=1):
+        for i, (slot, layer) in enumerate(slots, start=1):
             if i not in at:
                 _set_module(model, slot, make_pool(other_pool, layer._pool_channels))
         model.build_spec.update(pool_at=list(at), other_pool=other_pool)
@@ -328,6 +329,18 @@ def diagnostic_layers(model: Module, names=None) -> list[tuple[str, Module, tupl
         if kept:
             out.append((n, m, kept))
     return out
+
+
+def diagnostic_values(layers):
+    """``(layer name, module, diagnostic, value)`` for every diagnostic the ``layers`` (as
+    :func:`diagnostic_layers` gives them) hold after a forward, the value as a NumPy array (from
+    the device when on a GPU); a diagnostic still None (rho without a prior) is left out."""
+    from . import backend
+    for name, m, diagnostics in layers:
+        for d in diagnostics:
+            value = getattr(m, f"last_{d}", None)
+            if value is not None:
+                yield name, m, d, np.asarray(backend.to_numpy(value))
 
 
 def count_parameters(model: Module) -> int:

@@ -202,19 +202,25 @@ def run_state(path: str, config: dict) -> str:
     """``"done"`` (finished: summary.json and every epoch), ``"partial"`` (a checkpoint to resume),
     ``"stale"`` (a start that saved no checkpoint) or ``"new"``; a StudyError when the folder
     holds a run with other settings."""
+    return _inspect(path, config)[0]
+
+
+def _inspect(path: str, config: dict) -> tuple[str, list[dict]]:
+    """:func:`run_state` and the run's metrics history (read once; empty unless done)."""
     from .train import CHECKPOINT, CONFIG, METRICS, SUMMARY
     have = _read_json(os.path.join(path, CONFIG))
     config = json.loads(dumps_json(config))  # as config.json holds it (tuples as lists)
     if have is None:
-        return "stale" if os.path.isdir(path) and os.listdir(path) else "new"
+        return ("stale" if os.path.isdir(path) and os.listdir(path) else "new"), []
     diff = _config_difference(config, have)
     if diff:
         raise StudyError(f"{path} holds a run with other settings ({'; '.join(diff)}); use another --out for"
                          f" these settings, or delete that run folder")
-    summary = _read_json(os.path.join(path, SUMMARY))
-    if summary is not None and len(_history(os.path.join(path, METRICS))) >= int(config["epochs"]):
-        return "done"
-    return "partial" if os.path.exists(os.path.join(path, CHECKPOINT)) else "stale"
+    if _read_json(os.path.join(path, SUMMARY)) is not None:
+        hist = _history(os.path.join(path, METRICS))
+        if len(hist) >= int(config["epochs"]):
+            return "done", hist
+    return ("partial" if os.path.exists(os.path.join(path, CHECKPOINT)) else "stale"), []
 
 
 def _history(path: str) -> list[dict]:
@@ -305,13 +311,13 @@ def _stop_live(signum: int):
 # --- results --------------------------------------------------------------------------------------
 def _run_result(path: str, config: dict) -> dict | None:
     """The finished run's final test accuracy (%) and its time, or None when it is not finished."""
-    from .train import METRICS
     try:
-        if run_state(path, config) != "done":
-            return None
+        state, hist = _inspect(path, config)
     except StudyError:
         return None
-    hist = _history(os.path.join(path, METRICS))[: int(config["epochs"])]
+    if state != "done":
+        return None
+    hist = hist[: int(config["epochs"])]
     acc = hist[-1].get("test_acc")
     if acc is None:
         return None
@@ -322,9 +328,23 @@ def _r(x, nd: int = 4):
     return None if x is None else round(float(x), nd)
 
 
-def results_of(studies: Sequence[Study], seeds: Sequence[int], out: str, configs: dict) -> list[dict]:
+def _finished(studies, seeds, out: str, configs: dict) -> dict:
+    """``(run id, seed) -> _run_result`` of every distinct run of the studies, each read once."""
+    done = {}
+    for st in studies:
+        for v, s in st.runs(seeds):
+            if (v.run_id, s) not in done:
+                done[(v.run_id, s)] = _run_result(run_dir(out, v, s), configs[(v.run_id, s)])
+    return done
+
+
+def results_of(studies: Sequence[Study], seeds: Sequence[int], out: str, configs: dict,
+               finished: dict | None = None) -> list[dict]:
     """Per study, per variant: the finished runs' accuracies (%), mean, 95% interval and the
-    difference to the baseline (paired over common seeds)."""
+    difference to the baseline (paired over common seeds). ``finished``: the runs' results as
+    :func:`_finished` gives them (read from the run folders when None)."""
+    if finished is None:
+        finished = _finished(studies, seeds, out, configs)
     tables = []
     for st in studies:
         per = {}
@@ -332,8 +352,7 @@ def results_of(studies: Sequence[Study], seeds: Sequence[int], out: str, configs
             accs = {}
             runs = []
             for s in seeds:
-                key = (v.run_id, s)
-                res = _run_result(run_dir(out, v, s), configs[key])
+                res = finished[(v.run_id, s)]
                 runs.append({"seed": s, "run": os.path.relpath(run_dir(out, v, s), out),
                              "test_acc": _r(res["test_acc"]) if res else None})
                 if res:
@@ -658,13 +677,9 @@ def _run_dask(todo, configs, out, scheduler, on_result):
 
 
 def _write_results(name, studies, seeds, out, configs, base_config, wall_s, plots) -> dict:
-    tables = results_of(studies, seeds, out, configs)
-    times = []
-    for key, cfg in configs.items():
-        v = next(v for st in studies for v in st.variants if v.run_id == key[0])
-        r = _run_result(run_dir(out, v, key[1]), cfg)
-        if r:
-            times.append(r["time_s"])
+    finished = _finished(studies, seeds, out, configs)
+    tables = results_of(studies, seeds, out, configs, finished)
+    times = [r["time_s"] for r in finished.values() if r]
     c = base_config
     header = {"model": c.model, "epochs": c.epochs, "batch_size": c.batch_size, "optimizer": c.optimizer,
               "lr": c.lr, "schedule": c.schedule, "weight_decay": c.weight_decay, "dataset": c.dataset,

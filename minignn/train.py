@@ -82,7 +82,8 @@ from .checkpoint import (CheckpointError, atomic_write, dumps_json, load_checkpo
                          save_checkpoint)
 from .layers.registry import POOLINGS, validate_options
 from .loss import SoftmaxCrossEntropy
-from .models import MODELS, build_model, check_pool_at, count_parameters, diagnostic_layers, diagnostic_names
+from .models import (MODELS, build_model, check_pool_at, count_parameters, diagnostic_layers, diagnostic_names,
+                     diagnostic_values)
 from .checks import check_real
 from .optim import OPTIMIZERS, check_betas, make_optimizer
 from .runlock import RunFolderError, RunLock, check_unlocked
@@ -321,19 +322,15 @@ class _DiagnosticRecorder:
         self.samples: dict = {}  # diagnostic -> layer -> [arrays]
 
     def record(self, batch_index: int):
-        for name, m, diagnostics in self.layers:
-            for d in diagnostics:
-                value = getattr(m, f"last_{d}", None)
-                if value is None:
-                    continue
-                v = np.asarray(backend.to_numpy(value), dtype=np.float64).reshape(-1)
-                st = self.stats.setdefault(d, {}).setdefault(name, [0.0, 0.0, 0])
-                st[0] += float(v.sum())
-                st[1] += float((v * v).sum())
-                st[2] += v.size
-                stride = max(1, math.ceil(v.size / self.per_batch))
-                self.samples.setdefault(d, {}).setdefault(name, []).append(
-                    v[(batch_index % stride)::stride].astype(np.float32))
+        for name, _, d, value in diagnostic_values(self.layers):
+            v = value.astype(np.float64).reshape(-1)
+            st = self.stats.setdefault(d, {}).setdefault(name, [0.0, 0.0, 0])
+            st[0] += float(v.sum())
+            st[1] += float((v * v).sum())
+            st[2] += v.size
+            stride = max(1, math.ceil(v.size / self.per_batch))
+            self.samples.setdefault(d, {}).setdefault(name, []).append(
+                v[(batch_index % stride)::stride].astype(np.float32))
 
     def summary(self) -> dict:
         """``{diagnostic: {layer: {"mean", "std"}}}``, diagnostics and layers in network order."""
