@@ -117,6 +117,23 @@ def test_infinite_and_nan_logits_follow_the_documented_limits():
     np.testing.assert_array_equal(gx[0, 1], np.full((2, 2), 0.25))
 
 
+def test_the_3x3_fast_path_ignores_a_cell_of_weight_0():
+    """In the separable 3x3 / stride 2 / padding 1 path, a cell whose e^{L - M} underflows to 0
+    adds nothing to any window it is in (not 0 * inf), in both directions."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 1, 3, 3))
+    lg = np.zeros_like(x)
+    lg[0, 0, 1, 1] = 1000.0                    # in all four windows: none takes the per-window path
+    x[0, 0, 0, 0] = np.inf                     # weight e^-1000 = 0
+    y, saved = lip_pool2d_forward(x, lg)
+    np.testing.assert_array_equal(y[0, 0], np.full((2, 2), x[0, 0, 1, 1]))
+    gx, gl = lip_pool2d_backward(np.ones_like(y), saved)
+    want = np.zeros((3, 3))
+    want[1, 1] = 4.0
+    np.testing.assert_array_equal(gx[0, 0], want)
+    np.testing.assert_array_equal(gl[0, 0], np.zeros((3, 3)))
+
+
 @pytest.mark.parametrize("h, w", [(1, 1), (2, 3), (5, 4), (6, 6), (7, 9), (9, 2)])
 def test_the_3x3_fast_path_matches_the_reference_at_every_border(h, w):
     rng = np.random.default_rng(h * 10 + w)
