@@ -36,12 +36,13 @@ H x W), then halves each spatial axis::
 
 Both modes give (N, C, H // 2, W // 2); g (the ``grid``) must be even, so that every full block
 gives exactly half its rows. Eval computes m whole and average-pools it; its backward goes back
-through the average, then the stride-1 max pooling. Training computes only the kept cells of m:
-the two input rows under each kept row and the two columns under each kept column are gathered
-(``xp.take``, an array of x's size) and max-pooled 2x2 at stride 2, and the backward is that max
-pooling's, taken back through the gather (about 2x faster than pooling the whole map at stride
-1 and selecting from it). S3 runs on max and average pooling's kernels (CPU and GPU) and
-``xp`` gathers.
+through the average, then the stride-1 max pooling. Training computes only the kept cells of m,
+output (i, j) the 2x2 max of input rows (rows[i], rows[i] + 1) and columns (cols[j], cols[j] + 1)
+(the second clipped at the border), and routes gy back to that max (summed where kept rows or
+columns share a cell). On the CPU a Numba kernel pair reads those cells in place; on the GPU
+the two rows under each kept row and the two columns under each kept column are gathered
+(``xp.take``, an array of x's size), max-pooled 2x2 at stride 2 by max pooling's kernels, and
+scattered back. Eval runs on max and average pooling's kernels on both.
 
 The CPU kernels of stochastic pooling are in ``cpu.py`` (Numba), the CUDA ones in
 ``kernels.cu`` (glue in ``gpu.py``; also run by ``gpu-sim``), the NumPy oracles in
@@ -323,10 +324,8 @@ def s3_pool2d_forward(x, rows=None, cols=None):
     _check_index(cols, "cols", W, W // 2, where)
     xp = backend.get_array_module(x)
     rows, cols = xp.asarray(rows, dtype=np.int64), xp.asarray(cols, dtype=np.int64)
-    rr, cc = _pairs(rows, H, xp), _pairs(cols, W, xp)
-    xg = xp.take(xp.take(x, cc[0], axis=3), rr[0], axis=2)                # (N, C, 2 Ho, 2 Wo)
-    y, arg = max_pool2d_forward(xg, 2, 2)
-    return y, S3Saved(arg, tuple(x.shape), rows, cols, y_shape, np.dtype(x.dtype), (rr, cc))
+    y, arg, aux = ops.kernels("s3_pool2d", x).forward(x, rows, cols)
+    return y, S3Saved(arg, tuple(x.shape), rows, cols, y_shape, np.dtype(x.dtype), aux)
 
 
 def s3_pool2d_backward(gy, saved):
@@ -342,9 +341,44 @@ def s3_pool2d_backward(gy, saved):
         gm = xp.zeros((N, C, H + 1, W + 1), dtype=gy.dtype)
         gm[:, :, 1:, 1:] = avg_pool2d_backward(gy, (N, C, H, W), 2, 2)
         return max_pool2d_backward(gm, saved.arg, saved.x_shape, 2, 1, 1)
-    (rboth, rreal), (cboth, creal) = saved.pairs
-    ho, wo = saved.y_shape[2:]
-    gxg = max_pool2d_backward(gy, saved.arg, (N, C, 2 * ho, 2 * wo), 2, 2)
+    return ops.kernels("s3_pool2d", gy).backward(gy, saved.arg, saved.pairs, saved.x_shape)
+
+
+# S3's training kernels, (x, rows, cols) -> (y, arg, aux) and (gy, arg, aux, x_shape) -> gx. CPU:
+# Numba, reading the kept cells in place (aux: the clipped second rows and columns).
+def _s3_train_fwd_cpu(x, rows, cols):
+    N, C, H, W = x.shape
+    rows2, cols2 = np.minimum(rows + 1, H - 1), np.minimum(cols + 1, W - 1)
+    y = np.empty((N, C, rows.shape[0], cols.shape[0]), dtype=x.dtype)
+    arg = np.empty(y.shape, dtype=np.int8)
+    _cpu.s3_train_fwd_cpu(x, rows, rows2, cols, cols2, y, arg)
+    return y, arg, (rows, rows2, cols, cols2)
+
+
+def _s3_train_bwd_cpu(gy, arg, aux, x_shape):
+    gx = np.empty(x_shape, dtype=gy.dtype)
+    _cpu.s3_train_bwd_cpu(np.ascontiguousarray(gy), arg, *aux, gx)
+    return gx
+
+
+# GPU (and gpu-sim): xp gathers around max pooling's kernels (aux: the gathered pairs). The two
+# input rows under each kept row and the two columns under each kept column are gathered (an
+# array of x's size) and max-pooled 2x2 at stride 2; the backward scatters max pooling's back.
+def _s3_train_fwd_xp(x, rows, cols):
+    xp = backend.get_array_module(x)
+    H, W = x.shape[2:]
+    rr, cc = _pairs(rows, H, xp), _pairs(cols, W, xp)
+    xg = xp.take(xp.take(x, cc[0], axis=3), rr[0], axis=2)                # (N, C, 2 Ho, 2 Wo)
+    y, arg = max_pool2d_forward(xg, 2, 2)
+    return y, arg, (rr, cc)
+
+
+def _s3_train_bwd_xp(gy, arg, aux, x_shape):
+    xp = backend.get_array_module(gy)
+    N, C, H, W = x_shape
+    (rboth, rreal), (cboth, creal) = aux
+    ho, wo = gy.shape[2:]
+    gxg = max_pool2d_backward(gy, arg, (N, C, 2 * ho, 2 * wo), 2, 2)
     gc = _scatter_pairs(gxg, cboth, creal, W, 3, xp)
     return _scatter_pairs(gc, rboth, rreal, H, 2, xp)
 
@@ -414,5 +448,6 @@ def _backward_s3_ref(saved, gy):
 ops.register(ops.Op(
     "s3_pool2d", "2x2 stride-1 max pooling, then kept rows and columns (train) or 2x2 average pooling (eval)",
     forward=_forward_s3, backward=lambda saved, gy: (s3_pool2d_backward(gy, saved), None, None),
-    reference=(_forward_s3_ref, _backward_s3_ref), cpu=ops.XP, gpu=ops.XP, needs=("max_pool2d", "avg_pool2d"),
+    reference=(_forward_s3_ref, _backward_s3_ref), cpu=ops.Kernels(_s3_train_fwd_cpu, _s3_train_bwd_cpu),
+    gpu=ops.Kernels(_s3_train_fwd_xp, _s3_train_bwd_xp), needs=("max_pool2d", "avg_pool2d"),
     sample=_sample_s3, gradcheck=dict(max_checks=12)))

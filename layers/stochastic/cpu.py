@@ -20,6 +20,9 @@ max-like kernel of minignn) and u_q = a_q / m in [0, 1] when 0 < m < inf (the "o
 The 2x2 / stride 2 / no padding case has its own plane bodies (four fixed cells, |R| = 4); the
 eval backward of the general body zeroes its gx plane just before scattering into it, the 2x2
 one writes each cell once (an odd last row or column, in no window, gets 0).
+
+S3 pooling's training pair is here too: the 2x2 max over each output's kept rows and columns,
+read in place (no gathered copy of x), and its adjoint.
 """
 from __future__ import annotations
 
@@ -267,3 +270,42 @@ def stochastic_eval_bwd_cpu(x, gy, kh, kw, sh, sw, ph, pw, gx):
             _eval_bwd_plane_2x2(x, gy, n, c, gx)
         else:
             _eval_bwd_plane(x, gy, n, c, kh, kw, sh, sw, ph, pw, gx)
+
+
+# ------------------------------------------------------------------------------ S3, training
+@pjit
+def s3_train_fwd_cpu(x, rows, rows2, cols, cols2, y, arg):
+    """S3's training forward on the kept cells only: y[n, c, i, j] = the first maximum (the first
+    NaN wins) of x at rows (rows[i], rows2[i]) x columns (cols[j], cols2[j]) in row-major order,
+    rows2 = min(rows + 1, H - 1) (likewise cols2), and arg its offset 0..3 (2 di + dj). A clipped
+    second row or column repeats the first, so the first of the tie keeps it."""
+    n_ch = x.shape[1]
+    for plane in prange(x.shape[0] * n_ch):
+        n = plane // n_ch
+        c = plane - n * n_ch
+        for i in range(y.shape[2]):
+            r0 = rows[i]
+            r1 = rows2[i]
+            for j in range(y.shape[3]):
+                c0 = cols[j]
+                c1 = cols2[j]
+                m, k = max4(x[n, c, r0, c0], x[n, c, r0, c1], x[n, c, r1, c0], x[n, c, r1, c1])
+                y[n, c, i, j] = m
+                arg[n, c, i, j] = k
+
+
+@pjit
+def s3_train_bwd_cpu(gy, arg, rows, rows2, cols, cols2, gx):
+    """The adjoint of :func:`s3_train_fwd_cpu`: gx (zeroed plane by plane, while in cache) gets
+    each gy at its output's argmax cell, summed where kept rows or columns share a cell."""
+    n_ch = gx.shape[1]
+    for plane in prange(gx.shape[0] * n_ch):
+        n = plane // n_ch
+        c = plane - n * n_ch
+        _zero_plane(gx, n, c)
+        for i in range(gy.shape[2]):
+            for j in range(gy.shape[3]):
+                k = arg[n, c, i, j]
+                r = rows2[i] if k >= 2 else rows[i]
+                q = cols2[j] if (k & 1) else cols[j]
+                gx[n, c, r, q] += gy[n, c, i, j]
