@@ -14,6 +14,7 @@ import pytest
 
 import minignn.bench as bench
 from minignn.bench import BENCHMARKS
+from minignn.bench.layers import KERNEL_ROWS
 from minignn.layers import POOLINGS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ TABLES = {
     "layers-pools": {
         "title": "Poolings of --pool, 2x2 stride 2, on (2, 8, 8, 8) ReLU outputs",
         "first": "pool (fwd+bwd, float32)",
-        "rows": [r for n in POOLINGS for r in ((n, "lip (kernel)") if n == "lip" else (n,))],
+        "rows": [r for n in POOLINGS for r in ((n, f"{n} (kernel)") if n in KERNEL_ROWS else (n,))],
         "own": ["ms", "floor ms", "x floor"],
         "torch": [(lambda r: True, ["x torch max_pool2d"])],
         "torch_cols": ["x torch max_pool2d"],

@@ -33,7 +33,7 @@ import numpy as np
 
 from minignn._fastmath import div, exp, log
 from minignn._numba import njit, pjit, prange
-from minignn.layers.pooling.cpu import gather_row_2x2, scatter_row_2x2
+from minignn.layers.pooling.cpu import gather_row_2x2, scatter_row_2x2, zero_trailing
 
 #: eps in ``v = e^2 + eps``.
 DPP_EPS = 1e-3
@@ -125,17 +125,6 @@ def dpp_pool2d_fwd_cpu(x, gamma, alpha, k, asym, y):
 
 # ------------------------------------------------------------------------------------- backward
 @njit(inline='always')
-def _zero_trailing(gx, n, c, hk, wk):
-    """gx = 0 at the rows >= hk and the columns >= wk of plane (n, c) (in no window)."""
-    for h in range(hk):
-        for w in range(wk, gx.shape[3]):
-            gx[n, c, h, w] = 0
-    for h in range(hk, gx.shape[2]):
-        for w in range(gx.shape[3]):
-            gx[n, c, h, w] = 0
-
-
-@njit(inline='always')
 def _bwd_row_2x2(sc, wo, gm, al, asym):
     """One output row's windows, from the de-interleaved scratch rows (0..3: the cells I; 4: gy)
     to rows 5..8 (the four cells' gradients), 9 and 10 (each window's gy dy/dgamma, gy dy/dalpha).
@@ -206,7 +195,7 @@ def _bwd_plane_2x2(x, gamma, alpha, gy, asym, n, c, gx, sc):
         for ow in range(wo):
             dg += sc[9, ow]
             da += sc[10, ow]
-    _zero_trailing(gx, n, c, 2 * gy.shape[2], 2 * gy.shape[3])
+    zero_trailing(gx, n, c, 2 * gy.shape[2], 2 * gy.shape[3])
     return dg, da
 
 
@@ -273,7 +262,7 @@ def _bwd_plane(x, gamma, alpha, gy, k, asym, n, c, gx):
             for q in range(kk):
                 di = q // k
                 gx[n, c, h0 + di, w0 + q - di * k] = g * ((sc[2, q] + al) * inv_s + sc[3, q] - dbar)
-    _zero_trailing(gx, n, c, k * gy.shape[2], k * gy.shape[3])
+    zero_trailing(gx, n, c, k * gy.shape[2], k * gy.shape[3])
     return dg, da
 
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from minignn._numba import njit, pjit, prange
 from minignn.layers._window import is_2x2, real_offsets
-from minignn.layers.pooling.cpu import _zero_plane
+from minignn.layers.pooling.cpu import _zero_plane, zero_trailing
 
 from .reference import EPS
 
@@ -158,11 +158,7 @@ def _bwd_plane_2x2(x, eta, gy, mu, sigma, n, c, gx, geta):
                 gs = g * _slope(np.float64(eta[n, c, oh, ow]), sigma[n, c, oh, ow], 4)
                 gx[n, c, h, 2 * ow] = base + gs * (np.float64(x[n, c, h, 2 * ow]) - m)
                 gx[n, c, h, 2 * ow + 1] = base + gs * (np.float64(x[n, c, h, 2 * ow + 1]) - m)
-            for w in range(2 * gy.shape[3], gx.shape[3]):    # odd W: the last column is in no window
-                gx[n, c, h, w] = 0
-    for h in range(2 * gy.shape[2], gx.shape[2]):    # odd H: the last row is in no window
-        for w in range(gx.shape[3]):
-            gx[n, c, h, w] = 0
+    zero_trailing(gx, n, c, 2 * gy.shape[2], 2 * gy.shape[3])
 
 
 @pjit

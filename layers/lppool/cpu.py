@@ -52,7 +52,8 @@ import numpy as np
 from minignn._fastmath import div, exp, log
 from minignn._numba import njit, pjit, prange
 from minignn.layers._window import is_2x2, real_offsets
-from minignn.layers.pooling.cpu import _zero_plane, gather_row_2x2, max4, scatter_row_2x2, window_max
+from minignn.layers.pooling.cpu import (_zero_plane, gather_row_2x2, max4, scatter_row_2x2, window_max,
+                                       zero_trailing)
 
 _INF = np.inf
 
@@ -236,18 +237,12 @@ def _bwd_plane_2x2(x, p, gy, n, c, gx, sc):
     dp = 0.0
     wo = gy.shape[3]
     for oh in range(gy.shape[2]):
-        h0 = 2 * oh
         gather_row_2x2(x, gy, n, c, oh, sc)
         _bwd_row_2x2(sc, wo, pc, inv_p)
         scatter_row_2x2(gx, n, c, oh, wo, sc)
         for ow in range(wo):
             dp += sc[9, ow]
-        for h in range(h0, h0 + 2):          # odd W: the last column is in no window
-            for w in range(2 * wo, gx.shape[3]):
-                gx[n, c, h, w] = 0
-    for h in range(2 * gy.shape[2], gx.shape[2]):    # odd H: the last row is in no window
-        for w in range(gx.shape[3]):
-            gx[n, c, h, w] = 0
+    zero_trailing(gx, n, c, 2 * gy.shape[2], 2 * wo)
     return dp
 
 

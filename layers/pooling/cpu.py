@@ -168,6 +168,19 @@ def _zero_plane(gx, n, c):
 
 
 @njit(inline='always')
+def zero_trailing(gx, n, c, hk, wk):
+    """gx = 0 at the rows >= hk and the columns >= wk of plane (n, c): the cells in no window of a
+    backward that writes the windows' cells itself (an odd last row or column of a 2x2 / stride 2
+    pooling, hk = 2 Ho and wk = 2 Wo)."""
+    for h in range(hk):
+        for w in range(wk, gx.shape[3]):
+            gx[n, c, h, w] = 0
+    for h in range(hk, gx.shape[2]):
+        for w in range(gx.shape[3]):
+            gx[n, c, h, w] = 0
+
+
+@njit(inline='always')
 def _max_bwd_plane(gy, arg, n, c, kw, sh, sw, ph, pw, gx):
     _zero_plane(gx, n, c)
     for oh in range(gy.shape[2]):

@@ -61,7 +61,58 @@ POOL_FLOORS = {"skip": (1, 3), "avg": (2, 2), "max": (2, 2), "maxent": (3, 2), "
                "gfgp": (4, 2), "gfgp-local": (4, 2), "softpool": (3, 2), "mixed": (2, 4), "gated": (3, 6),
                "gfgp-gated": (3, 4), "lppool": (3, 3),
                "stochastic": (2, 2), "s3": (2, 2), "lip": (6, 2), "lip (kernel)": (6, 2),
-               "dpp": (3, 2), "gfgp-dpp": (4, 2), "gaussian": (4, 5)}
+               "dpp": (3, 2), "gfgp-dpp": (4, 2), "gaussian": (4, 5),
+               # the kernels alone: their layer's floor less the statistics' pass over x; gfgp-local's
+               # per-window lam is read twice and its gradient written, as gaussian's eta
+               "gfgp (kernel)": (3, 2), "gfgp-local (kernel)": (3, 5), "gfgp-gated (kernel)": (2, 4),
+               "gfgp-dpp (kernel)": (3, 2), "gaussian (kernel)": (3, 5)}
+
+#: the poolings whose layer wraps its kernel in a small network (or, for gaussian, noise drawn
+#: on the host): their kernel gets a row of its own, "NAME (kernel)", on the parameters the
+#: layer's own forward gave it (lip: fixed logits in LIP's range (0, 12)).
+KERNEL_ROWS = ("gfgp", "gfgp-local", "gfgp-gated", "gfgp-dpp", "lip", "gaussian")
+
+
+def _pool_kernel_step(name, m, x, gy, rng):
+    """One forward+backward of pooling ``name``'s kernel alone (None when it has no such row),
+    with the per-sample parameters of the layer ``m``'s last forward."""
+    if name not in KERNEL_ROWS:
+        return None
+    if name in ("gfgp", "gfgp-local"):
+        from minignn.layers.maxent import maxent_pool2d_backward as bwd, maxent_pool2d_forward
+        lam = m.last_lam
+
+        def fwd():
+            return maxent_pool2d_forward(x, lam, None, 2, 2)
+    elif name == "gfgp-gated":
+        from minignn.layers.mixpool import mixed_pool2d_backward as bwd, mixed_pool2d_forward
+        a = m.last_a
+
+        def fwd():
+            return mixed_pool2d_forward(x, a, 2)
+    elif name == "gfgp-dpp":
+        from minignn.layers.dpp import dpp_pool2d_backward as bwd, dpp_pool2d_forward
+        gamma, alpha = m.last_gamma, m.last_alpha
+
+        def fwd():
+            return dpp_pool2d_forward(x, gamma, alpha, 2)
+    elif name == "gaussian":
+        from minignn.layers.gaussian import gaussian_pool2d_backward as bwd, gaussian_pool2d_forward
+        eta = m.last_eta
+
+        def fwd():
+            return gaussian_pool2d_forward(x, eta, 2)
+    else:
+        from minignn.layers.lip import lip_pool2d_backward as bwd, lip_pool2d_forward
+        logit = (12 * rng.random(x.shape)).astype(x.dtype)
+
+        def fwd():
+            return lip_pool2d_forward(x, logit)
+
+    def step():
+        _, saved = fwd()
+        bwd(gy, saved)
+    return step
 
 
 def _step(m, x, gy):
@@ -98,19 +149,13 @@ def bench_poolings(bw: float, repeats: int, tiny: bool, torch):
         floor = POOL_FLOORS.get(name)
         t_floor = None if floor is None else (floor[0] * x.nbytes + floor[1] * y.nbytes) / bw
         rows.append([name, ms(t), ms(t_floor), ratio(t, t_floor), ratio(t, t_max)])
-        if name == "lip":              # the pooling kernel alone, on logits in LIP's range (0, 12)
-            from minignn.layers.lip import lip_pool2d_backward, lip_pool2d_forward
-            logit = (12 * rng.random(x.shape)).astype(np.float32)
-
-            def kstep():
-                _, saved = lip_pool2d_forward(x, logit)
-                lip_pool2d_backward(gy, saved)
-
-            kstep()
-            t = median_time(kstep, repeats=repeats)
-            floor = POOL_FLOORS["lip (kernel)"]
+        kernel = _pool_kernel_step(name, m, x, gy, rng)
+        if kernel is not None:       # the pooling kernel alone, on the parameters the layer gave it
+            kernel()
+            t = median_time(kernel, repeats=repeats)
+            floor = POOL_FLOORS[f"{name} (kernel)"]
             t_floor = (floor[0] * x.nbytes + floor[1] * y.nbytes) / bw
-            rows.append(["lip (kernel)", ms(t), ms(t_floor), ratio(t, t_floor), ratio(t, t_max)])
+            rows.append([f"{name} (kernel)", ms(t), ms(t_floor), ratio(t, t_floor), ratio(t, t_max)])
     return print_table(["pool (fwd+bwd, float32)", "ms", "floor ms", "x floor", "x torch max_pool2d"], rows,
                        title=f"Poolings of --pool, 2x2 stride 2, on {(n, c, hw, hw)} ReLU outputs (median of {repeats}; torch"
                              f" max_pool2d fwd+bwd {f'{ms(t_max):.2f}' if t_max is not None else '-'} ms)")
