@@ -1,5 +1,6 @@
 """Timing helpers for the benchmarks: medians of repeats, the measured copy bandwidth (the
-memory-traffic floor's denominator), the measured GEMM rate, and a plain-text table.
+memory-traffic floor's denominator), the measured GEMM rate, the time of one vectorised exp or
+log per cell (the compute floor of the poolings that take them), and a plain-text table.
 
 Benchmarks print tables; nothing here asserts a time. The machines are shared and noisy, so every
 figure is a median of repeats and every comparison is a ratio measured in the same run.
@@ -13,6 +14,9 @@ import time
 from typing import Callable, Sequence
 
 import numpy as np
+
+from minignn._fastmath import exp, log
+from minignn._numba import pjit, prange
 
 
 def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -61,6 +65,30 @@ def gemm_rate(n: int = 1024, repeats: int = 5) -> float:
     b = a.copy()
     t = median_time(lambda: a @ b, repeats=repeats, warmup=1)
     return 2.0 * n ** 3 / t
+
+
+@pjit
+def _exp_pass(flat, res):
+    for i in prange(flat.shape[0]):
+        res[i] = exp(-np.float64(flat[i]))
+
+
+@pjit
+def _log_pass(flat, res):
+    for i in prange(flat.shape[0]):
+        res[i] = log(np.float64(flat[i]))
+
+
+def transcendental_pass(x, which: str, repeats: int = 5) -> float:
+    """Seconds for one float64 ``exp`` (``which="exp"``) or ``log`` of every cell of ``x``, from
+    :mod:`minignn._fastmath` in a parallel loop that LLVM vectorises, written to an array of x's
+    dtype: a compute floor for the kernels that take one or more of them per cell (they are
+    compute-bound, not memory-bound, where this is well above their memory-traffic floor)."""
+    kernel = {"exp": _exp_pass, "log": _log_pass}[which]
+    flat = np.ascontiguousarray(x).reshape(-1)
+    res = np.empty_like(flat)
+    kernel(flat, res)
+    return median_time(lambda: kernel(flat, res), repeats=repeats)
 
 
 def torch_or_none(threads: int | None = None):

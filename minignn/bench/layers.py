@@ -11,9 +11,11 @@ use them): its forward+backward against its own floor (:data:`POOL_FLOORS`) and 
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from .harness import bandwidth, median_time, ms, print_table, ratio, torch_or_none
+from .harness import bandwidth, median_time, ms, print_table, ratio, torch_or_none, transcendental_pass
 
 
 #: (N, C, H=W) of the pooling/BatchNorm/ReLU input, (N, C, H=W) of the convolution's input and the
@@ -139,6 +141,7 @@ def bench_poolings(bw: float, repeats: int, tiny: bool, torch):
             torch.nn.functional.max_pool2d(tx, 2).backward(tgy)
 
         t_max = median_time(tstep, repeats=repeats)
+        time.sleep(0.5)          # PyTorch's idle threads spin for a while and would slow the next row
     rows = []
     for name, spec in POOLINGS.items():
         m = spec.build(c)
@@ -156,9 +159,11 @@ def bench_poolings(bw: float, repeats: int, tiny: bool, torch):
             floor = POOL_FLOORS[f"{name} (kernel)"]
             t_floor = (floor[0] * x.nbytes + floor[1] * y.nbytes) / bw
             rows.append([f"{name} (kernel)", ms(t), ms(t_floor), ratio(t, t_floor), ratio(t, t_max)])
+    t_exp, t_log = (transcendental_pass(x, w, repeats) for w in ("exp", "log"))
     return print_table(["pool (fwd+bwd, float32)", "ms", "floor ms", "x floor", "x torch max_pool2d"], rows,
                        title=f"Poolings of --pool, 2x2 stride 2, on {(n, c, hw, hw)} ReLU outputs (median of {repeats}; torch"
-                             f" max_pool2d fwd+bwd {f'{ms(t_max):.2f}' if t_max is not None else '-'} ms)")
+                             f" max_pool2d fwd+bwd {f'{ms(t_max):.2f}' if t_max is not None else '-'} ms; one float64 exp"
+                             f" of every cell of x {ms(t_exp):.2f} ms, one log {ms(t_log):.2f} ms)")
 
 
 def bench_layers(repeats: int = 5, tiny: bool = False):
